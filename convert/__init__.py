@@ -1,0 +1,1 @@
+"""Weight converters: HF/diffusers safetensors <-> Orbax (`python -m convert --help`)."""

@@ -1,0 +1,101 @@
+"""Memory-mapped safetensors reading (bf16 included, one tensor at a time) and writing, with numpy only."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from typing import Iterator
+
+import ml_dtypes
+import numpy as np
+
+_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+           "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+_NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
+
+
+class SafetensorsFile:
+  """One .safetensors file; `get(key)` returns a read-only memory-mapped view (no copy)."""
+
+  def __init__(self, path: str):
+    self.path = path
+    with open(path, "rb") as f:
+      (n,) = struct.unpack("<Q", f.read(8))
+      header = json.loads(f.read(n))
+    header.pop("__metadata__", None)
+    self.header = header
+    self._offset = 8 + n
+    self._mm = np.memmap(path, dtype=np.uint8, mode="r") if os.path.getsize(path) > self._offset else None
+
+  def keys(self) -> list[str]:
+    return list(self.header)
+
+  def shape(self, key: str) -> tuple[int, ...]:
+    return tuple(self.header[key]["shape"])
+
+  def get(self, key: str) -> np.ndarray:
+    info = self.header[key]
+    if info["dtype"] not in _DTYPES:
+      raise ValueError(f"{self.path}: tensor {key!r} has unsupported dtype {info['dtype']}")
+    start, end = info["data_offsets"]
+    dtype = np.dtype(_DTYPES[info["dtype"]])
+    if end == start:
+      return np.zeros(info["shape"], dtype)
+    raw = self._mm[self._offset + start:self._offset + end]
+    return raw.view(dtype).reshape(info["shape"])
+
+
+class SafetensorsDir:
+  """All tensors of a directory: `model.safetensors` or sharded files listed by an index json."""
+
+  def __init__(self, path: str):
+    if os.path.isfile(path):
+      files = [path]
+    else:
+      index = os.path.join(path, "model.safetensors.index.json")
+      if os.path.exists(index):
+        with open(index) as f:
+          files = sorted({os.path.join(path, v) for v in json.load(f)["weight_map"].values()})
+      else:
+        files = sorted(os.path.join(path, n) for n in os.listdir(path) if n.endswith(".safetensors"))
+    if not files:
+      raise FileNotFoundError(f"no .safetensors files in {path}")
+    self.files = [SafetensorsFile(p) for p in files]
+    self._where = {}
+    for f in self.files:
+      for k in f.keys():
+        if k in self._where:
+          raise ValueError(f"tensor {k!r} appears in both {self._where[k].path} and {f.path}")
+        self._where[k] = f
+
+  def keys(self) -> list[str]:
+    return list(self._where)
+
+  def shape(self, key: str) -> tuple[int, ...]:
+    return self._where[key].shape(key)
+
+  def get(self, key: str) -> np.ndarray:
+    return self._where[key].get(key)
+
+  def items(self) -> Iterator[tuple[str, np.ndarray]]:
+    for k in self.keys():
+      yield k, self.get(k)
+
+
+def save_file(tensors: dict[str, np.ndarray], path: str, metadata: dict | None = None) -> None:
+  """Writes tensors in key order; bf16 arrays (ml_dtypes) are stored as BF16."""
+  header, offset = {}, 0
+  for k, v in tensors.items():
+    nbytes = v.nbytes
+    header[k] = {"dtype": _NAMES[v.dtype], "shape": list(v.shape), "data_offsets": [offset, offset + nbytes]}
+    offset += nbytes
+  if metadata:
+    header["__metadata__"] = metadata
+  blob = json.dumps(header, separators=(",", ":")).encode()
+  blob += b" " * (-len(blob) % 8)
+  with open(path, "wb") as f:
+    f.write(struct.pack("<Q", len(blob)))
+    f.write(blob)
+    for v in tensors.values():
+      f.write(np.ascontiguousarray(v).tobytes())

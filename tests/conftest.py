@@ -1,0 +1,82 @@
+"""Test setup: 8 forced CPU devices (before jax is imported), offline hub, tiny HF reference models."""
+
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from unirl_jax.models import qwen2_5_vl  # noqa: E402
+
+
+def tiny_hf_config(**overrides):
+  """The transformers config of `qwen2_5_vl.tiny()`, with text weights large enough that greedy decoding varies."""
+  from transformers import Qwen2_5_VLConfig
+  d = qwen2_5_vl.tiny(**overrides).to_hf_dict()
+  d["text_config"]["initializer_range"] = 0.25
+  return Qwen2_5_VLConfig(**d)
+
+
+def save_tiny_hf(path, seed=0, **overrides):
+  import torch
+  from transformers import Qwen2_5_VLForConditionalGeneration
+  torch.manual_seed(seed)
+  model = Qwen2_5_VLForConditionalGeneration(tiny_hf_config(**overrides))
+  model.save_pretrained(path)
+  return path
+
+
+@pytest.fixture(scope="session")
+def hf_dir(tmp_path_factory):
+  return str(save_tiny_hf(tmp_path_factory.mktemp("hf") / "tiny"))
+
+
+@pytest.fixture(scope="session")
+def hf_model(hf_dir):
+  from transformers import Qwen2_5_VLForConditionalGeneration
+  return Qwen2_5_VLForConditionalGeneration.from_pretrained(hf_dir, attn_implementation="eager").eval()
+
+
+@pytest.fixture(scope="session")
+def jax_dir(hf_dir, tmp_path_factory):
+  from convert.pipeline import import_qwen2_5_vl
+  return import_qwen2_5_vl(hf_dir, str(tmp_path_factory.mktemp("jax") / "tiny"))
+
+
+@pytest.fixture(scope="session")
+def jax_model(jax_dir):
+  return qwen2_5_vl.load(jax_dir)
+
+
+@pytest.fixture(scope="session")
+def images():
+  """Two images whose processor grids differ in height and width (non-square), as numpy inputs."""
+  from PIL import Image
+  from transformers import Qwen2VLImageProcessorPil
+  rs = np.random.RandomState(0)
+  imgs = [Image.fromarray(rs.randint(0, 255, (h, w, 3), dtype=np.uint8)) for h, w in [(112, 168), (140, 84)]]
+  proc = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=28 * 28 * 64)
+  out = proc(images=imgs, return_tensors="np")
+  return out["pixel_values"].astype(np.float32), out["image_grid_thw"]
+
+
+def image_prompt(cfg, n_image_tokens, before=(5, 6, 7), after=(8, 9, 10)):
+  return list(before) + [cfg.vision_start_token_id] + [cfg.image_token_id] * n_image_tokens + \
+      [cfg.vision_end_token_id] + list(after)
+
+
+def left_pad(rows, pad_id=0):
+  n = max(map(len, rows))
+  ids = np.array([[pad_id] * (n - len(r)) + list(r) for r in rows], np.int64)
+  mask = np.array([[0] * (n - len(r)) + [1] * len(r) for r in rows], np.int64)
+  return ids, mask

@@ -1,0 +1,1 @@
+"""unirl-jax: UniRL-Zero (arXiv 2510.17937) in JAX/Flax."""

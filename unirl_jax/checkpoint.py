@@ -1,0 +1,82 @@
+"""Orbax save/restore of param pytrees and train states, restoring straight into a given sharding."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+def _abstract(tree: Any, shardings: Any = None) -> Any:
+  """ShapeDtypeStructs of `tree` (arrays or ShapeDtypeStructs), carrying `shardings` when given."""
+  if shardings is None:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+                        tree)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def save_params(path: str, params: Any) -> None:
+  """Writes a param pytree (numpy or jax arrays) to `path` (an absolute or relative directory)."""
+  ckptr = ocp.StandardCheckpointer()
+  ckptr.save(os.path.abspath(path), params)
+  ckptr.wait_until_finished()
+  ckptr.close()
+
+
+def restore_params(path: str, target: Any = None, shardings: Any = None) -> Any:
+  """Reads params saved by `save_params`.
+
+  target: a pytree of arrays / ShapeDtypeStructs giving structure, shapes and dtypes (optional);
+  shardings: a matching pytree of `jax.sharding.Sharding` to restore each array straight onto.
+  Without either, arrays come back on the default device with their saved dtypes.
+  """
+  path = os.path.abspath(path)
+  ckptr = ocp.StandardCheckpointer()
+  try:
+    if target is None:
+      meta = ckptr.metadata(path)
+      tree = getattr(meta, "item_metadata", meta)
+      tree = getattr(tree, "tree", tree)
+      dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+      target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), tree)
+      if shardings is None:
+        shardings = jax.tree.map(lambda _: dev, target)
+    return ckptr.restore(path, _abstract(target, shardings))
+  finally:
+    ckptr.close()
+
+
+class TrainCheckpoints:
+  """Step-numbered train-state checkpoints (async saves, keep the last K), restored into given shardings."""
+
+  def __init__(self, directory: str, max_to_keep: Optional[int] = 3, save_interval_steps: int = 1,
+               async_save: bool = True):
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
+                                           enable_async_checkpointing=async_save)
+    self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+  def latest_step(self) -> Optional[int]:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state: Any, force: bool = False) -> bool:
+    return self.manager.save(step, args=ocp.args.StandardSave(state), force=force)
+
+  def restore(self, abstract_state: Any, step: Optional[int] = None, shardings: Any = None) -> Any:
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {self.manager.directory}")
+    return self.manager.restore(step, args=ocp.args.StandardRestore(_abstract(abstract_state, shardings)))
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def to_numpy(tree: Any) -> Any:
+  return jax.tree.map(np.asarray, tree)

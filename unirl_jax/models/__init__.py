@@ -1,0 +1,1 @@
+"""Model ports: each a pure Flax linen module mirroring one PyTorch reference."""
