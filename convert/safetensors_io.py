@@ -1,4 +1,4 @@
-"""Memory-mapped safetensors reading (bf16 included, one tensor at a time) and writing, with numpy only."""
+"""Safetensors reading (bf16 included, one tensor at a time) and writing, with numpy only."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ _NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
 
 
 class SafetensorsFile:
-  """One .safetensors file; `get(key)` returns a read-only memory-mapped view (no copy)."""
+  """One .safetensors file; `get(key)` reads that tensor alone (a plain read, so the process holds no more
+  of the file than the tensor in hand)."""
 
   def __init__(self, path: str):
     self.path = path
@@ -26,7 +27,6 @@ class SafetensorsFile:
     header.pop("__metadata__", None)
     self.header = header
     self._offset = 8 + n
-    self._mm = np.memmap(path, dtype=np.uint8, mode="r") if os.path.getsize(path) > self._offset else None
 
   def keys(self) -> list[str]:
     return list(self.header)
@@ -42,8 +42,8 @@ class SafetensorsFile:
     dtype = np.dtype(_DTYPES[info["dtype"]])
     if end == start:
       return np.zeros(info["shape"], dtype)
-    raw = self._mm[self._offset + start:self._offset + end]
-    return raw.view(dtype).reshape(info["shape"])
+    count = (end - start) // dtype.itemsize
+    return np.fromfile(self.path, dtype=dtype, count=count, offset=self._offset + start).reshape(info["shape"])
 
 
 class SafetensorsDir:

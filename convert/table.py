@@ -103,7 +103,6 @@ def to_params(keys: Iterable[str], get: Callable[[str], np.ndarray], rules: list
     if tuple(value.shape) != row_shape:
       raise ConversionError(f"key {key!r}: checkpoint shape {tuple(arr.shape)} but the model expects "
                             f"{rule.transform.hf_shape(row_shape)} (param {rule.path}, shape {row_shape})")
-    value = value.astype(dtype)
     if rule.stacked:
       i = int(m.group("i"))
       if i >= want[0]:
@@ -113,12 +112,12 @@ def to_params(keys: Iterable[str], get: Callable[[str], np.ndarray], rules: list
         filled[rule.path] = set()
       if i in filled[rule.path]:
         raise ConversionError(f"key {key!r} given twice")
-      _get(out, rule.path)[i] = value
+      _get(out, rule.path)[i] = value  # casts in place
       filled[rule.path].add(i)
     else:
       if rule.path in filled:
         raise ConversionError(f"key {key!r} given twice (param {rule.path})")
-      _set(out, rule.path, np.ascontiguousarray(value))
+      _set(out, rule.path, np.ascontiguousarray(value, dtype=dtype))
       filled[rule.path] = {0}
   if unexpected:
     raise ConversionError("unexpected keys (no param for them): " + ", ".join(repr(k) for k in unexpected[:20]) +

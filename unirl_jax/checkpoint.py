@@ -19,10 +19,17 @@ def _abstract(tree: Any, shardings: Any = None) -> Any:
 
 
 def save_params(path: str, params: Any) -> None:
-  """Writes a param pytree (numpy or jax arrays) to `path` (an absolute or relative directory)."""
-  ckptr = ocp.StandardCheckpointer()
-  ckptr.save(os.path.abspath(path), params)
-  ckptr.wait_until_finished()
+  """Writes a param pytree (numpy or jax arrays) to `path`, restorable by `restore_params`.
+
+  Host (numpy) arrays are written without orbax's defensive deep copy, so converting a checkpoint needs
+  about the params' size in RAM, not twice it. Callers must not mutate them until this returns.
+  """
+  handlers = ocp.type_handlers
+  registry = handlers.create_type_handler_registry(
+      (np.ndarray, handlers.NumpyHandler(deepcopy_host_arrays=False)), (jax.Array, handlers.ArrayHandler()),
+      (int, handlers.ScalarHandler()), (float, handlers.ScalarHandler()), (np.number, handlers.ScalarHandler()))
+  ckptr = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(type_handler_registry=registry))
+  ckptr.save(os.path.abspath(path), args=ocp.args.PyTreeSave(params))
   ckptr.close()
 
 
