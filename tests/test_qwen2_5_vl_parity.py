@@ -132,3 +132,27 @@ def test_image_token_count_mismatch_is_a_clear_error(jax_model, images):
   ids = np.array([image_prompt(model.config, 3)])
   with pytest.raises(ValueError, match="Image features and image tokens do not match"):
     model.apply({"params": params}, input_ids=jnp.asarray(ids), pixel_values=jnp.asarray(pv), image_grid_thw=grid)
+
+
+def test_bfloat16_error_is_no_worse_than_transformers_bf16(hf_dir, jax_model, images):
+  """bf16 activations (params cast per matmul, as Flax does) drift from fp32 no more than transformers in bf16."""
+  from transformers import Qwen2_5_VLForConditionalGeneration
+  model, params = jax_model
+  pv, grid = images
+  cfg = model.config
+  ids, mask = left_pad([image_prompt(cfg, int(np.prod(g)) // 4) for g in grid])
+  kw = dict(input_ids=jnp.asarray(ids), attention_mask=jnp.asarray(mask), pixel_values=jnp.asarray(pv),
+            image_grid_thw=grid)
+  ref = np.asarray(model.apply({"params": params}, **kw))
+  out = qwen2_5_vl.Qwen2_5_VL(cfg.replace(dtype="bfloat16")).apply({"params": params}, **kw)
+  assert out.dtype == jnp.bfloat16
+  out = np.asarray(out.astype(jnp.float32))
+  hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(hf_dir, attn_implementation="eager",
+                                                          dtype=torch.bfloat16).eval()
+  with torch.no_grad():
+    hf_out = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                pixel_values=torch.tensor(pv, dtype=torch.bfloat16), image_grid_thw=torch.tensor(grid),
+                mm_token_type_ids=torch.tensor((ids == cfg.image_token_id).astype(np.int64))).logits.float().numpy()
+  m = mask.astype(bool)
+  ours_err, hf_err = np.abs(out[m] - ref[m]).max(), np.abs(hf_out[m] - ref[m]).max()
+  assert np.isfinite(out).all() and 0 < ours_err <= 1.5 * hf_err, (ours_err, hf_err)

@@ -70,3 +70,20 @@ def maybe_remat(module_cls, policy: str, static_argnums=()):
   if policy == "none":
     return module_cls
   return nn.remat(module_cls, policy=remat_policy(policy), prevent_cse=False, static_argnums=static_argnums)
+
+
+class GatedMLP(nn.Module):
+  """SwiGLU feed-forward: down_proj(silu(gate_proj(x)) * up_proj(x)) (transformers' `Qwen2MLP` naming)."""
+
+  intermediate_size: int
+  use_bias: bool = False
+  axes: tuple[str, str] = ("embed", "mlp")  # logical names of (model width, hidden width)
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, use_bias=self.use_bias)
+    g = dense(self.intermediate_size, self.axes, name="gate_proj", **kw)(x)
+    u = dense(self.intermediate_size, self.axes, name="up_proj", **kw)(x)
+    return dense(x.shape[-1], self.axes[::-1], name="down_proj", **kw)(nn.silu(g) * u)

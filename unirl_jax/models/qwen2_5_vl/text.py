@@ -56,22 +56,6 @@ class Attention(nn.Module):
     return o, new_cache
 
 
-class MLP(nn.Module):
-  """Mirrors `Qwen2MLP`: down(silu(gate(x)) * up(x)), no biases."""
-
-  cfg: TextConfig
-  dtype: jnp.dtype
-  param_dtype: jnp.dtype
-
-  @nn.compact
-  def __call__(self, x):
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, use_bias=False)
-    i = self.cfg.intermediate_size
-    g = layers.dense(i, ("embed", "mlp"), name="gate_proj", **kw)(x)
-    u = layers.dense(i, ("embed", "mlp"), name="up_proj", **kw)(x)
-    return layers.dense(self.cfg.hidden_size, ("mlp", "embed"), name="down_proj", **kw)(nn.silu(g) * u)
-
-
 class DecoderLayer(nn.Module):
   """Mirrors `Qwen2_5_VLDecoderLayer` (pre-norm residual attention + MLP). Scanned: (x, cache_l) -> (x, cache_l)."""
 
@@ -88,7 +72,7 @@ class DecoderLayer(nn.Module):
         h, cos, sin, mask, layer_cache, index)
     x = x + h
     h = layers.RMSNorm(cfg.rms_norm_eps, axis_name="embed", name="post_attention_layernorm", **kw)(x)
-    return x + MLP(cfg, self.dtype, self.param_dtype, name="mlp")(h), layer_cache
+    return x + layers.GatedMLP(cfg.intermediate_size, name="mlp", **kw)(h), layer_cache
 
 
 def attention_mask_4d(key_mask: jax.Array, q_len: int, index) -> jax.Array:

@@ -111,22 +111,6 @@ def _packed_attention(q, k, v, seg: Segments, impl):
   return out.reshape((-1,) + out.shape[2:])[seg.scatter][:n]
 
 
-class VisionMLP(nn.Module):
-  """Mirrors `Qwen2_5_VLMLP(bias=True)`: SiLU-gated."""
-
-  cfg: VisionConfig
-  dtype: jnp.dtype
-  param_dtype: jnp.dtype
-
-  @nn.compact
-  def __call__(self, x):
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    i = self.cfg.intermediate_size
-    g = layers.dense(i, ("vit_embed", "vit_mlp"), name="gate_proj", **kw)(x)
-    u = layers.dense(i, ("vit_embed", "vit_mlp"), name="up_proj", **kw)(x)
-    return layers.dense(self.cfg.hidden_size, ("vit_mlp", "vit_embed"), name="down_proj", **kw)(nn.silu(g) * u)
-
-
 class VisionAttention(nn.Module):
   """Mirrors `Qwen2_5_VLVisionAttention`: fused qkv, 2-D rope in float32, attention within segments."""
 
@@ -167,7 +151,7 @@ class VisionBlock(nn.Module):
     x = x + VisionAttention(cfg, self.dtype, self.param_dtype, self.layout, self.attention_impl, name="attn")(
         h, is_full)
     h = layers.RMSNorm(cfg.rms_norm_eps, axis_name="vit_embed", name="norm2", **kw)(x)
-    return x + VisionMLP(cfg, self.dtype, self.param_dtype, name="mlp")(h), None
+    return x + layers.GatedMLP(cfg.intermediate_size, True, ("vit_embed", "vit_mlp"), name="mlp", **kw)(h), None
 
 
 class PatchMerger(nn.Module):
