@@ -69,7 +69,7 @@ def export_qwen2_5_vl(src: str, dst: str, dtype: str | None = None, overwrite: b
   """`python -m convert export qwen2_5_vl`: Orbax directory -> safetensors that transformers loads."""
   from unirl_jax.models.qwen2_5_vl import Qwen2_5_VLConfig
   cfg = Qwen2_5_VLConfig.from_hf(src)
-  params = checkpoint.to_numpy(checkpoint.restore_params(os.path.join(src, "params")))
+  params = checkpoint.restore_params(os.path.join(src, "params"), as_numpy=True)
   out_dtype = qwen_table.np_dtype(dtype) if dtype else None
   tensors = to_hf(params, qwen_table.RULES, qwen_table.hf_shape(cfg), out_dtype)
   with staged_dir(dst, overwrite) as tmp:

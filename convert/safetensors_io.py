@@ -83,12 +83,16 @@ class SafetensorsDir:
       yield k, self.get(k)
 
 
-def save_file(tensors: dict[str, np.ndarray], path: str, metadata: dict | None = None) -> None:
-  """Writes tensors in key order; bf16 arrays (ml_dtypes) are stored as BF16."""
+def save_file(tensors: dict, path: str, metadata: dict | None = None) -> None:
+  """Writes tensors in key order; bf16 arrays (ml_dtypes) are stored as BF16.
+
+  Values may be arrays or lazy tensors (anything with shape, dtype and `__array__`): the header is built
+  from shapes alone and each tensor is materialised only while it is written.
+  """
   header, offset = {}, 0
   for k, v in tensors.items():
-    nbytes = v.nbytes
-    header[k] = {"dtype": _NAMES[v.dtype], "shape": list(v.shape), "data_offsets": [offset, offset + nbytes]}
+    nbytes = int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize
+    header[k] = {"dtype": _NAMES[np.dtype(v.dtype)], "shape": list(v.shape), "data_offsets": [offset, offset + nbytes]}
     offset += nbytes
   if metadata:
     header["__metadata__"] = metadata
@@ -97,5 +101,8 @@ def save_file(tensors: dict[str, np.ndarray], path: str, metadata: dict | None =
   with open(path, "wb") as f:
     f.write(struct.pack("<Q", len(blob)))
     f.write(blob)
-    for v in tensors.values():
-      f.write(np.ascontiguousarray(v).tobytes())
+    for k, v in tensors.items():
+      a = np.ascontiguousarray(np.asarray(v))
+      if a.shape != tuple(header[k]["shape"]) or a.dtype != np.dtype(v.dtype):
+        raise ValueError(f"tensor {k!r} materialised as {a.shape} {a.dtype}, declared {v.shape} {v.dtype}")
+      f.write(a.tobytes())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from typing import Callable, Iterable, Optional
 
@@ -137,19 +138,43 @@ def to_params(keys: Iterable[str], get: Callable[[str], np.ndarray], rules: list
   return out
 
 
+@dataclasses.dataclass(frozen=True)
+class LazyTensor:
+  """An export tensor described by shape and dtype, computed only when written (one at a time)."""
+
+  shape: tuple
+  dtype: np.dtype
+  compute: Callable[[], np.ndarray]
+
+  @property
+  def nbytes(self) -> int:
+    return int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize
+
+  def __array__(self, dtype=None, copy=None):
+    a = self.compute()
+    return a if dtype is None else a.astype(dtype)
+
+
 def to_hf(params: dict, rules: list[Rule], hf_shapes: Callable[[Rule, tuple], tuple],
-          dtype: Optional[np.dtype] = None) -> dict[str, np.ndarray]:
+          dtype: Optional[np.dtype] = None) -> dict[str, LazyTensor]:
   """The reverse direction, reading the same table. hf_shapes(rule, param_row_shape) gives the HF shape."""
   flat = flatten(params)
   out = {}
   for rule in rules:
     if rule.path not in flat:
       continue
-    arr = np.asarray(flat[rule.path])
-    rows = [(rule.hf.format(i=i), arr[i]) for i in range(arr.shape[0])] if rule.stacked else [(rule.hf, arr)]
-    for key, row in rows:
-      value = np.ascontiguousarray(rule.transform.to_hf(row, hf_shapes(rule, row.shape)))
-      out[key] = value.astype(dtype) if dtype is not None else value
+    arr = flat[rule.path]
+    rows = [(rule.hf.format(i=i), i) for i in range(arr.shape[0])] if rule.stacked else [(rule.hf, None)]
+    row_shape = arr.shape[1:] if rule.stacked else arr.shape
+    shape = tuple(hf_shapes(rule, row_shape))
+    out_dtype = np.dtype(dtype or arr.dtype)
+
+    def compute(arr=arr, i=None, rule=rule, shape=shape, out_dtype=out_dtype):
+      row = np.asarray(arr if i is None else arr[i])
+      return np.ascontiguousarray(rule.transform.to_hf(row, shape), dtype=out_dtype)
+
+    for key, i in rows:
+      out[key] = LazyTensor(shape, out_dtype, functools.partial(compute, i=i))
   unused = set(flat) - {r.path for r in rules}
   if unused:
     raise ConversionError(f"params with no export rule: {sorted(unused)}")

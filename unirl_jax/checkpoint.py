@@ -33,14 +33,25 @@ def save_params(path: str, params: Any) -> None:
   ckptr.close()
 
 
-def restore_params(path: str, target: Any = None, shardings: Any = None) -> Any:
+def restore_params(path: str, target: Any = None, shardings: Any = None, as_numpy: bool = False) -> Any:
   """Reads params saved by `save_params`.
 
   target: a pytree of arrays / ShapeDtypeStructs giving structure, shapes and dtypes (optional);
   shardings: a matching pytree of `jax.sharding.Sharding` to restore each array straight onto.
-  Without either, arrays come back on the default device with their saved dtypes.
+  Without either, arrays come back on the default device with their saved dtypes; `as_numpy` returns
+  host numpy arrays instead (for exporting without a device copy).
   """
   path = os.path.abspath(path)
+  if as_numpy:
+    ckptr = ocp.PyTreeCheckpointer()
+    try:
+      meta = ckptr.metadata(path)
+      tree = getattr(meta, "item_metadata", meta)
+      tree = getattr(tree, "tree", tree)
+      args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+      return ckptr.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))
+    finally:
+      ckptr.close()
   ckptr = ocp.StandardCheckpointer()
   try:
     if target is None:
@@ -83,7 +94,3 @@ class TrainCheckpoints:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
-
-
-def to_numpy(tree: Any) -> Any:
-  return jax.tree.map(np.asarray, tree)
