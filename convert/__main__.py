@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from convert.pipeline import EXPORTERS, IMPORTERS
+from convert.pipeline import export_kind, import_kind, kinds
 from convert.table import ConversionError
 
 
@@ -14,11 +14,10 @@ def main(argv=None) -> int:
   export = bool(argv) and argv[0] == "export"
   if export:
     argv = argv[1:]
-  table = EXPORTERS if export else IMPORTERS
   p = argparse.ArgumentParser(prog="python -m convert" + (" export" if export else ""),
                               description="Export an Orbax checkpoint to HF safetensors." if export else
                               "Convert HF/diffusers safetensors to a self-contained Orbax checkpoint.")
-  p.add_argument("kind", choices=sorted(table))
+  p.add_argument("kind", choices=kinds())
   p.add_argument("--src", required=True)
   p.add_argument("--dst", required=True)
   p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None if export else "float32")
@@ -26,7 +25,7 @@ def main(argv=None) -> int:
   a = p.parse_args(argv)
   try:
     kw = {} if a.dtype is None else {"dtype": a.dtype}
-    out = table[a.kind](a.src, a.dst, overwrite=a.overwrite, **kw)
+    out = (export_kind if export else import_kind)(a.kind, a.src, a.dst, overwrite=a.overwrite, **kw)
   except (ConversionError, FileExistsError, FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
-
-from convert.table import FLATTEN_LINEAR, IDENTITY, LINEAR, Rule
+from convert.pipeline import ModelSpec
+from convert.table import FLATTEN_LINEAR, IDENTITY, LINEAR, Rule, default_hf_shape
 from unirl_jax.models.qwen2_5_vl.config import Qwen2_5_VLConfig
 
 _T = "language_model"
@@ -55,17 +54,19 @@ def hf_shape(cfg: Qwen2_5_VLConfig):
   def shape(rule: Rule, row_shape: tuple) -> tuple:
     if rule.transform is FLATTEN_LINEAR:
       return (v.hidden_size, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size)
-    if rule.transform is LINEAR:
-      return tuple(reversed(row_shape))
-    return tuple(row_shape)
+    return default_hf_shape(rule, row_shape)
 
   return shape
 
 
-def export_order(keys) -> list:
-  return sorted(keys)
+def _config(wdir: str, keys, meta) -> Qwen2_5_VLConfig:
+  return Qwen2_5_VLConfig.from_hf(wdir)
 
 
-def np_dtype(name: str):
-  import ml_dtypes
-  return {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}[name]
+def _abstract(cfg):
+  from unirl_jax.models.qwen2_5_vl import abstract_params
+  return abstract_params(cfg)
+
+
+SPEC = ModelSpec(kind="qwen2_5_vl", config=_config, abstract_params=_abstract, rules=lambda cfg: RULES,
+                 rename=canonical_key, skip=skip_key, hf_shape=hf_shape)

@@ -21,17 +21,23 @@ class Transform:
   name: str
   to_jax: Callable[[np.ndarray], np.ndarray]
   to_hf: Callable[[np.ndarray, tuple], np.ndarray]
-  hf_shape: Callable[[tuple], str]  # describes the HF shape a param shape needs, for error messages
+  hf_shape: Callable[[tuple], Optional[tuple]]  # the HF shape of a param shape; None if it needs the config
 
 
-IDENTITY = Transform("identity", lambda a: a, lambda a, shape: a.reshape(shape), lambda s: str(tuple(s)))
+IDENTITY = Transform("identity", lambda a: a, lambda a, shape: a.reshape(shape), lambda s: tuple(s))
 # torch Linear (out, in) -> flax Dense kernel (in, out).
 LINEAR = Transform("linear", lambda a: a.T, lambda a, shape: a.T.reshape(shape),
-                   lambda s: str(tuple(reversed(s))))
+                   lambda s: tuple(reversed(s)))
 # Any (out, *in) weight applied to a flattened input, e.g. Conv3d with kernel == stride -> Dense (prod(in), out).
 FLATTEN_LINEAR = Transform("flatten_linear", lambda a: a.reshape(a.shape[0], -1).T,
                            lambda a, shape: a.T.reshape(shape),
-                           lambda s: f"({s[1]}, ...) with {s[0]} inputs per output")
+                           lambda s: None)
+# torch Conv2d (O, I/g, kh, kw) -> flax Conv kernel (kh, kw, I/g, O) (HWIO; depthwise keeps I/g = 1).
+CONV2D = Transform("conv2d", lambda a: a.transpose(2, 3, 1, 0), lambda a, shape: a.transpose(3, 2, 0, 1).reshape(shape),
+                   lambda s: (s[3], s[2], s[0], s[1]))
+# A 1x1 Conv2d (O, I, 1, 1) used as a Dense: kernel (I, O).
+CONV1X1_LINEAR = Transform("conv1x1_linear", lambda a: a[:, :, 0, 0].T, lambda a, shape: a.T.reshape(shape),
+                           lambda s: (s[1], s[0], 1, 1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +55,13 @@ class Rule:
   @property
   def regex(self) -> re.Pattern:
     return re.compile("^" + re.escape(self.hf).replace(r"\{i\}", r"(?P<i>\d+)") + "$")
+
+
+def default_hf_shape(rule: Rule, row_shape: tuple) -> tuple:
+  shape = rule.transform.hf_shape(tuple(row_shape))
+  if shape is None:
+    raise ValueError(f"{rule.hf}: the {rule.transform.name} transform needs the HF shape from the config")
+  return shape
 
 
 def _get(tree: dict, path: str):
@@ -102,8 +115,9 @@ def to_params(keys: Iterable[str], get: Callable[[str], np.ndarray], rules: list
     value = rule.transform.to_jax(arr)
     row_shape = want[1:] if rule.stacked else want
     if tuple(value.shape) != row_shape:
+      hf_want = rule.transform.hf_shape(row_shape) or f"({row_shape[1]}, ...) with {row_shape[0]} inputs per output"
       raise ConversionError(f"key {key!r}: checkpoint shape {tuple(arr.shape)} but the model expects "
-                            f"{rule.transform.hf_shape(row_shape)} (param {rule.path}, shape {row_shape})")
+                            f"{hf_want} (param {rule.path}, shape {row_shape})")
     if rule.stacked:
       i = int(m.group("i"))
       if i >= want[0]:

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 Dtype = Any
+REMAT_POLICIES = ("none", "full", "save_dots")
 
 
 def dense(features: int, axes: tuple[str, str], *, use_bias: bool = True, dtype: Dtype = jnp.float32,
@@ -22,21 +23,29 @@ def dense(features: int, axes: tuple[str, str], *, use_bias: bool = True, dtype:
 
 
 class RMSNorm(nn.Module):
-  """Mirrors `Qwen2RMSNorm`: normalise in float32, cast back, then scale (weight * x.to(dtype))."""
+  """Mirrors `Qwen2RMSNorm` / diffusers' `RMSNorm`: normalise in float32, cast to the compute dtype, then
+  scale (and shift, with `use_bias`). Without `use_scale` it has no params (elementwise_affine=False)."""
 
   eps: float = 1e-6
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   axis_name: str = "norm"
+  use_scale: bool = True
+  use_bias: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(), (self.axis_name,)),
-                       (x.shape[-1],), self.param_dtype)
-    in_dtype = x.dtype
     x32 = x.astype(jnp.float32)
-    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    return (scale.astype(self.dtype) * x32.astype(in_dtype)).astype(self.dtype)
+    y = (x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)).astype(self.dtype)
+    if self.use_scale:
+      scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(), (self.axis_name,)),
+                         (x.shape[-1],), self.param_dtype)
+      y = y * scale.astype(self.dtype)
+    if self.use_bias:
+      bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), (self.axis_name,)),
+                        (x.shape[-1],), self.param_dtype)
+      y = y + bias.astype(self.dtype)
+    return y
 
 
 def rotate_half(x: jax.Array) -> jax.Array:

@@ -7,7 +7,7 @@ import json
 import os
 from typing import Any, Optional
 
-REMAT_POLICIES = ("none", "full", "save_dots")
+from unirl_jax.models.layers import REMAT_POLICIES
 
 
 @dataclasses.dataclass(frozen=True)
