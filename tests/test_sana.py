@@ -241,3 +241,14 @@ def test_remat_does_not_change_gradients(converted):
   got = jax.grad(loss(sana.SanaTransformer(dataclasses.replace(model.config, remat="full"))))(params)
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
     np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(VARIANTS) + ["ref"])
+def test_every_param_has_a_sharding_rule(name):
+  from jax.sharding import PartitionSpec as P
+  from unirl_jax import sharding
+  cfg = sana.tiny(ref_branch=True) if name == "ref" else sana.tiny(**VARIANTS[name])
+  specs = sana.logical_axes(cfg)
+  leaves = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P))
+  assert len(leaves) == len(jax.tree.leaves(sana.abstract_params(cfg)))
+  sharding.param_shardings(specs, sharding.make_mesh(sharding.MeshConfig(2, 2, 2)))  # raises on unknown names

@@ -27,6 +27,10 @@ RULES: tuple[tuple[str, Any], ...] = (
     ("vit_heads", "tensor"),
     ("vit_mlp", "tensor"),
     ("vit_merge", "fsdp"),
+    ("embed_out", "tensor"),  # output side of width-preserving (D -> k*D) projections
+    ("caption", None),
+    ("latent", None),
+    ("freq", None),
 )
 
 
@@ -62,7 +66,12 @@ def make_mesh(cfg: MeshConfig = MeshConfig(), devices: Optional[Sequence] = None
 
 
 def _mesh_axes(name, rules) -> Any:
-  return dict(rules).get(name) if name is not None else None
+  if name is None:
+    return None
+  table = dict(rules)
+  if name not in table:
+    raise KeyError(f"logical axis {name!r} has no sharding rule; add it to unirl_jax.sharding.RULES")
+  return table[name]
 
 
 def param_shardings(logical_specs: Any, mesh: Mesh, rules=None, shapes: Any = None) -> Any:
