@@ -31,6 +31,7 @@ RULES: tuple[tuple[str, Any], ...] = (
     ("caption", None),
     ("latent", None),
     ("freq", None),
+    ("head_dim", None),
 )
 
 
