@@ -22,9 +22,13 @@ def main(argv=None) -> int:
   p.add_argument("--dst", required=True)
   p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None if export else "float32")
   p.add_argument("--overwrite", action="store_true", help="replace a non-empty destination")
+  if not export:
+    p.add_argument("--variant", help="weights variant to read, e.g. bf16 for diffusion_pytorch_model.bf16.safetensors")
   a = p.parse_args(argv)
   try:
     kw = {} if a.dtype is None else {"dtype": a.dtype}
+    if getattr(a, "variant", None):
+      kw["variant"] = a.variant
     out = (export_kind if export else import_kind)(a.kind, a.src, a.dst, overwrite=a.overwrite, **kw)
   except (ConversionError, FileExistsError, FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)

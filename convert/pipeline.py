@@ -36,6 +36,7 @@ class ModelSpec:
   skip: Callable[[Any], Callable[[str], bool]] = lambda cfg: (lambda k: False)
   hf_shape: Callable[[Any], Callable] = lambda cfg: default_hf_shape
   meta: Callable[[Any], dict] = lambda cfg: {}
+  export_extra: Callable[[Any], dict] = lambda cfg: {}  # tensors with no param (e.g. BN step counters)
 
   def weights_dir(self, src: str) -> str:
     if self.subdir and os.path.isdir(os.path.join(src, self.subdir)):
@@ -75,10 +76,11 @@ def copy_side_files(src: str, dst: str, skip=("config.json", META)) -> None:
       shutil.copy2(path, os.path.join(dst, name))
 
 
-def import_model(spec: ModelSpec, src: str, dst: str, dtype: str = "float32", overwrite: bool = False) -> str:
-  """HF/diffusers weights -> DST/{params/, config.json, unirl_jax.json, side files}."""
+def import_model(spec: ModelSpec, src: str, dst: str, dtype: str = "float32", overwrite: bool = False,
+                 variant: Optional[str] = None) -> str:
+  """HF/diffusers weights (optionally one `variant`, e.g. "bf16") -> DST/{params/, config.json, unirl_jax.json}."""
   wdir = spec.weights_dir(src)
-  reader = SafetensorsDir(wdir)
+  reader = SafetensorsDir(wdir, variant)
   cfg = spec.config(wdir, reader.keys(), {})
   expected = {k: v.shape for k, v in flatten(spec.abstract_params(cfg)).items()}
   params = to_params(reader.keys(), reader.get, spec.rules(cfg), expected, DTYPES[dtype], skip=spec.skip(cfg),
@@ -109,6 +111,7 @@ def export_model(spec: ModelSpec, src: str, dst: str, dtype: Optional[str] = Non
   cfg = spec.config(src, None, meta)
   params = checkpoint.restore_params(os.path.join(src, "params"), as_numpy=True)
   tensors = to_hf(params, spec.rules(cfg), spec.hf_shape(cfg), DTYPES[dtype] if dtype else None)
+  tensors.update(spec.export_extra(cfg))
   with staged_dir(dst, overwrite) as tmp:
     write_sharded(tensors, tmp, max_shard_bytes, spec.weights_name)
     shutil.copy2(os.path.join(src, "config.json"), os.path.join(tmp, "config.json"))
@@ -141,8 +144,8 @@ def write_sharded(tensors: dict, directory: str, max_shard_bytes: int, name: str
 
 
 def _specs() -> dict[str, ModelSpec]:
-  from convert import qwen2_5_vl, sana
-  return {s.kind: s for s in (qwen2_5_vl.SPEC, sana.SPEC)}
+  from convert import dc_ae, qwen2_5_vl, sana
+  return {s.kind: s for s in (qwen2_5_vl.SPEC, sana.SPEC, dc_ae.SPEC)}
 
 
 def import_kind(kind: str, src: str, dst: str, **kw) -> str:

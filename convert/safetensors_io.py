@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 from typing import Iterator
 
@@ -46,22 +47,42 @@ class SafetensorsFile:
     return np.fromfile(self.path, dtype=dtype, count=count, offset=self._offset + start).reshape(info["shape"])
 
 
-class SafetensorsDir:
-  """All tensors of a directory: `model.safetensors` or sharded files listed by an index json."""
+_SHARD = r"(-\d{5}-of-\d{5})?"
 
-  def __init__(self, path: str):
-    if os.path.isfile(path):
-      files = [path]
-    else:
-      index = os.path.join(path, "model.safetensors.index.json")
-      if os.path.exists(index):
-        with open(index) as f:
-          files = sorted({os.path.join(path, v) for v in json.load(f)["weight_map"].values()})
-      else:
-        files = sorted(os.path.join(path, n) for n in os.listdir(path) if n.endswith(".safetensors"))
-    if not files:
-      raise FileNotFoundError(f"no .safetensors files in {path}")
-    self.files = [SafetensorsFile(p) for p in files]
+
+def weight_files(path: str, variant: str | None = None) -> list[str]:
+  """The safetensors files of a model folder: one file, an index's shards, or one `variant` (e.g. "bf16").
+
+  Without a variant, files named like `x.bf16.safetensors` are ignored when plain ones exist; a folder that
+  holds only variants must name one.
+  """
+  if os.path.isfile(path):
+    return [path]
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"no such directory: {path}")
+  names = sorted(os.listdir(path))
+  v = re.escape(variant) if variant else None
+  index_rx = rf".+\.safetensors\.index\.{v}\.json" if v else r".+\.safetensors\.index\.json"
+  file_rx = rf"[^.]+(\.{v}{_SHARD}|{_SHARD}\.{v})\.safetensors" if v else rf"[^.]+{_SHARD}\.safetensors"
+  indexes = [n for n in names if re.fullmatch(index_rx, n)]
+  if len(indexes) > 1:
+    raise ValueError(f"{path} holds several weight indexes {indexes}")
+  if indexes:
+    with open(os.path.join(path, indexes[0])) as f:
+      return sorted({os.path.join(path, fn) for fn in json.load(f)["weight_map"].values()})
+  files = [os.path.join(path, n) for n in names if re.fullmatch(file_rx, n)]
+  if not files:
+    variants = sorted({m.group(1) for n in names if (m := re.fullmatch(r"[^.]+\.([^.-]+)(-.*)?\.safetensors", n))})
+    hint = f" (it holds variants {variants}: pass one with --variant)" if variants and not variant else ""
+    raise FileNotFoundError(f"no {variant + ' ' if variant else ''}.safetensors weights in {path}{hint}")
+  return files
+
+
+class SafetensorsDir:
+  """All tensors of a model folder (see `weight_files`), read one at a time."""
+
+  def __init__(self, path: str, variant: str | None = None):
+    self.files = [SafetensorsFile(p) for p in weight_files(path, variant)]
     self._where = {}
     for f in self.files:
       for k in f.keys():
@@ -102,7 +123,7 @@ def save_file(tensors: dict, path: str, metadata: dict | None = None) -> None:
     f.write(struct.pack("<Q", len(blob)))
     f.write(blob)
     for k, v in tensors.items():
-      a = np.ascontiguousarray(np.asarray(v))
+      a = np.asarray(np.asarray(v), order="C")  # (ascontiguousarray would turn 0-d into 1-d)
       if a.shape != tuple(header[k]["shape"]) or a.dtype != np.dtype(v.dtype):
         raise ValueError(f"tensor {k!r} materialised as {a.shape} {a.dtype}, declared {v.shape} {v.dtype}")
       f.write(a.tobytes())

@@ -32,6 +32,12 @@ RULES: tuple[tuple[str, Any], ...] = (
     ("latent", None),
     ("freq", None),
     ("head_dim", None),
+    ("queries", None),
+    # DC-AE (frozen, ~0.3 B params, activation-bound): replicated.
+    ("ae_embed", None),
+    ("ae_mlp", None),
+    ("ae_heads", None),
+    ("ae_io", None),
 )
 
 

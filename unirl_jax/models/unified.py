@@ -1,0 +1,182 @@
+"""The UniRL-Zero unified model: Qwen2.5-VL -> meta-query states -> connector -> SANA conditioning; DC-AE latents.
+
+Params are one plain dict {"lm", "t2i_queries", "i2i_queries", "connector", "dit", "vae"}; the methods here
+are pure functions of (params, inputs) that RL and pretraining compose (unirl.md §0, §2.2–2.8).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from unirl_jax.models import connector as connector_lib
+from unirl_jax.models import dc_ae as dc_ae_lib
+from unirl_jax.models import qwen2_5_vl
+from unirl_jax.models import sana as sana_lib
+from unirl_jax.models.connector import ConnectorConfig
+from unirl_jax.models.dc_ae import DCAEConfig
+from unirl_jax.models.qwen2_5_vl import Qwen2_5_VLConfig
+from unirl_jax.models.sana_config import SanaConfig
+
+TASKS = ("t2i", "i2i")
+
+
+@dataclasses.dataclass(frozen=True)
+class UnifiedConfig:
+  lm: Qwen2_5_VLConfig
+  connector: ConnectorConfig
+  dit: SanaConfig
+  vae: DCAEConfig
+  num_queries: int = 256
+  # The original's conditioning forward passes no position_ids, so the decoder uses arange(L) on all three
+  # M-RoPE axes ("1d"); "3d" uses get_rope_index positions instead.
+  positions: str = "1d"
+  ref_keep: float = 0.8  # editing reference latents: ref_keep * z + (1 - ref_keep) * noise
+
+  def __post_init__(self):
+    errors = []
+    if self.connector.hidden_size != self.lm.text.hidden_size:
+      errors.append(f"connector.hidden_size {self.connector.hidden_size} != LM width {self.lm.text.hidden_size}")
+    if self.connector.out_dim != self.dit.caption_channels:
+      errors.append(f"connector.out_dim {self.connector.out_dim} != dit.caption_channels {self.dit.caption_channels}")
+    if self.dit.in_channels != self.vae.latent_channels or self.dit.out_channels != self.vae.latent_channels:
+      errors.append(f"dit in/out channels {self.dit.in_channels}/{self.dit.out_channels} != vae latent channels "
+                    f"{self.vae.latent_channels}")
+    if not self.dit.ref_branch:
+      errors.append("dit.ref_branch must be True (UniRL feeds editing references through it)")
+    if self.positions not in ("1d", "3d"):
+      errors.append(f"positions {self.positions!r} not '1d' or '3d'")
+    if errors:
+      raise ValueError("invalid UnifiedConfig: " + "; ".join(errors))
+
+  def replace(self, **kw) -> "UnifiedConfig":
+    return dataclasses.replace(self, **kw)
+
+
+def unirl_zero_3b_1600m(**kw) -> UnifiedConfig:
+  """Qwen2.5-VL-3B (151,668-row vocabulary after UniRL pretraining) + connector + SANA-1.6B + DC-AE f32c32."""
+  lm = qwen2_5_vl.qwen2_5_vl_3b()
+  lm = lm.replace(text=dataclasses.replace(lm.text, vocab_size=151668))
+  return UnifiedConfig(lm=lm, connector=connector_lib.unirl_connector(), dit=sana_lib.sana_1600m(ref_branch=True),
+                       vae=dc_ae_lib.dc_ae_f32c32_sana(), **kw)
+
+
+def tiny(**kw) -> UnifiedConfig:
+  vae = dc_ae_lib.tiny()
+  c = vae.latent_channels
+  return UnifiedConfig(lm=qwen2_5_vl.tiny(), connector=connector_lib.tiny(hidden_size=64, out_dim=12),
+                       dit=sana_lib.tiny(in_channels=c, out_channels=c, caption_channels=12, ref_branch=True),
+                       vae=vae, num_queries=8, **kw)
+
+
+class UnifiedModel:
+  """Holds the four linen modules; every method is a pure function of its params argument."""
+
+  def __init__(self, config: UnifiedConfig):
+    self.config = config
+    self.lm = qwen2_5_vl.Qwen2_5_VL(config.lm)
+    self.connector = connector_lib.Connector(config.connector)
+    self.dit = sana_lib.SanaTransformer(config.dit)
+    self.vae = dc_ae_lib.DCAE(config.vae)
+
+  # ---- params -----------------------------------------------------------------------------------
+
+  def init_params(self, rng: jax.Array, lm=None, dit=None, vae=None) -> dict:
+    """Fresh params; pass converted `lm`/`dit`/`vae` params to start from pretrained experts.
+
+    The meta-queries are drawn from N(0, 1) as in the original (not 0.02), the connector from its own
+    init, and a given DiT without a reference branch gets one (ref_patch_embed = patch_embed, ref_linear = 0).
+    """
+    cfg = self.config
+    k = jax.random.split(rng, 6)
+    d = cfg.lm.text.hidden_size
+    if dit is not None and "ref_patch_embed" not in dit:
+      dit = sana_lib.with_ref_branch(dit)
+    return {
+        "lm": qwen2_5_vl.init_params(cfg.lm, k[0]) if lm is None else lm,
+        "t2i_queries": jax.random.normal(k[1], (1, cfg.num_queries, d), jnp.float32),
+        "i2i_queries": jax.random.normal(k[2], (1, cfg.num_queries, d), jnp.float32),
+        "connector": connector_lib.init_params(cfg.connector, k[3]),
+        "dit": sana_lib.init_params(cfg.dit, k[4]) if dit is None else dit,
+        "vae": dc_ae_lib.init_params(cfg.vae, k[5]) if vae is None else vae,
+    }
+
+  def abstract_params(self) -> dict:
+    cfg = self.config
+    q = jax.ShapeDtypeStruct((1, cfg.num_queries, cfg.lm.text.hidden_size), jnp.float32)
+    return {"lm": qwen2_5_vl.abstract_params(cfg.lm), "t2i_queries": q, "i2i_queries": q,
+            "connector": connector_lib.abstract_params(cfg.connector), "dit": sana_lib.abstract_params(cfg.dit),
+            "vae": dc_ae_lib.abstract_params(cfg.vae)}
+
+  def logical_axes(self) -> dict:
+    cfg = self.config
+    q = P(None, "queries", "embed")
+    return {"lm": qwen2_5_vl.logical_axes(cfg.lm), "t2i_queries": q, "i2i_queries": q,
+            "connector": connector_lib.logical_axes(cfg.connector), "dit": sana_lib.logical_axes(cfg.dit),
+            "vae": dc_ae_lib.logical_axes(cfg.vae)}
+
+  # ---- conditioning -----------------------------------------------------------------------------
+
+  def query_states(self, params, input_ids, attention_mask, pixel_values=None, image_grid_thw=None,
+                   task: str = "t2i"):
+    """LM last-layer (post-norm) hidden states at the appended queries: (B, num_queries, LM width)."""
+    if task not in TASKS:
+      raise ValueError(f"task {task!r} not one of {TASKS}")
+    cfg = self.config
+    lm = {"params": params["lm"]}
+    embeds = self.lm.apply(lm, input_ids, pixel_values, image_grid_thw, method="embed")
+    b, t = input_ids.shape
+    queries = jnp.broadcast_to(params[f"{task}_queries"].astype(embeds.dtype), (b, cfg.num_queries, embeds.shape[-1]))
+    embeds = jnp.concatenate([embeds, queries], axis=1)
+    if attention_mask is None:
+      attention_mask = jnp.ones((b, t), jnp.int32)
+    mask = jnp.concatenate([attention_mask.astype(jnp.int32), jnp.ones((b, cfg.num_queries), jnp.int32)], axis=1)
+    if cfg.positions == "1d":
+      positions = jnp.broadcast_to(jnp.arange(t + cfg.num_queries), (b, t + cfg.num_queries))
+    else:
+      ids = jnp.concatenate([input_ids, jnp.full((b, cfg.num_queries), cfg.lm.pad_token_id, input_ids.dtype)], 1)
+      positions = qwen2_5_vl.get_rope_index(ids, image_grid_thw, mask, cfg.lm)[0]
+    hidden, _ = self.lm.apply(lm, embeds, positions, mask, method="hidden_states")
+    return hidden[:, -cfg.num_queries:]
+
+  def condition(self, params, input_ids, attention_mask, pixel_values=None, image_grid_thw=None, task="t2i"):
+    """The SANA caption input for a chat-templated prompt: (B, num_queries, caption_channels)."""
+    h = self.query_states(params, input_ids, attention_mask, pixel_values, image_grid_thw, task)
+    return self.connector.apply({"params": params["connector"]}, h)
+
+  def null_condition(self, cond: jax.Array) -> jax.Array:
+    """The original's unconditional input: the connector output times 0."""
+    return jnp.zeros_like(cond)
+
+  # ---- diffusion expert -------------------------------------------------------------------------
+
+  def velocity(self, params, x_t, cond, timestep, ref_latents=None):
+    """SANA velocity (ε − x₀ prediction) at flow time σ = timestep / 1000; NHWC latents."""
+    return self.dit.apply({"params": params["dit"]}, x_t, cond, timestep, ref_latents=ref_latents)
+
+  def encode(self, params, images):
+    """Images in [-1, 1], (B, H, W, 3) -> scaled latents (× scaling_factor, as UniRL)."""
+    return dc_ae_lib.encode_scaled(self.vae, params["vae"], images)
+
+  def decode(self, params, latents):
+    """Scaled latents -> images in [-1, 1]."""
+    return dc_ae_lib.decode_scaled(self.vae, params["vae"], latents)
+
+  def noisy_reference(self, latents, rng):
+    """UniRL's editing reference: 0.8·z + 0.2·ε (drawn once, shared by every sample and step)."""
+    k = self.config.ref_keep
+    return k * latents + (1 - k) * jax.random.normal(rng, latents.shape, latents.dtype)
+
+
+def trainable_mask(params: dict, trainable=("dit", "connector", "t2i_queries", "i2i_queries")) -> dict:
+  """A bool pytree: True for params that train (the default is UniRL's pretraining set, unirl.md §2.8)."""
+  return {k: jax.tree.map(lambda _: k in trainable, v) for k, v in params.items()}
+
+
+def freeze(params: dict, mask: dict) -> dict:
+  """stop_gradient on frozen leaves: gradients still flow *through* the frozen LM to the queries."""
+  return jax.tree.map(lambda p, m: p if m else jax.lax.stop_gradient(p), params, mask)
+
