@@ -8,7 +8,7 @@ import torch
 from conftest import image_prompt, left_pad
 
 from convert.connector import connector_params
-from unirl_jax.models import qwen2_5_vl, unified
+from unirl_jax.models import unified
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_gradients_reach_queries_connector_dit_and_spare_frozen_params(setup):
     v = model.velocity(p, x, c, jnp.array([500.0]), ref_latents=jnp.zeros_like(x))
     return jnp.mean(v ** 2)
 
-  g = jax.grad(loss)(params)
+  g = jax.jit(jax.grad(loss))(params)
   norm = lambda t: float(sum(jnp.sum(jnp.abs(a)) for a in jax.tree.leaves(t)))
   for k in ("t2i_queries", "connector", "dit"):
     assert norm(g[k]) > 0, k

@@ -7,14 +7,12 @@ positional encoding, no mask), a final RMSNorm and a Linear to SANA's caption wi
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Optional
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-from unirl_jax.models import layers
+from unirl_jax.models import layers, param_utils
 from unirl_jax.models.layers import REMAT_POLICIES
 from unirl_jax.models.qwen2_5_vl.config import dtype_of
 
@@ -115,14 +113,4 @@ def _boxed_init(cfg: ConnectorConfig, rng):
   return Connector(cfg).init(rng, jnp.zeros((1, 2, cfg.hidden_size)))["params"]
 
 
-def init_params(cfg: ConnectorConfig, rng: Optional[jax.Array] = None) -> dict:
-  rng = jax.random.PRNGKey(0) if rng is None else rng
-  return nn.unbox(jax.jit(_boxed_init, static_argnums=0)(cfg, rng))
-
-
-def abstract_params(cfg: ConnectorConfig) -> dict:
-  return nn.unbox(jax.eval_shape(functools.partial(_boxed_init, cfg), jax.random.PRNGKey(0)))
-
-
-def logical_axes(cfg: ConnectorConfig) -> dict:
-  return nn.get_partition_spec(jax.eval_shape(functools.partial(_boxed_init, cfg), jax.random.PRNGKey(0)))
+init_params, abstract_params, logical_axes = param_utils.param_fns(_boxed_init)

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import warnings
@@ -16,8 +15,8 @@ from typing import Any, NamedTuple, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from unirl_jax.models import param_utils
 from unirl_jax.models.dc_ae_blocks import (ACTIVATIONS, NORM_TYPES, DCDownBlock2d, DCUpBlock2d, EfficientViTBlock,
                                           ResBlock, activation, conv, norm)
 
@@ -331,24 +330,8 @@ def _boxed_init(cfg: DCAEConfig, rng):
   return DCAE(cfg).init(rng, jnp.zeros((1, f, f, cfg.in_channels), jnp.float32))["params"]
 
 
-def init_params(cfg: DCAEConfig, rng: Optional[jax.Array] = None) -> dict:
-  """Random params (plain arrays, no partitioning boxes)."""
-  rng = jax.random.PRNGKey(0) if rng is None else rng
-  return nn.unbox(jax.jit(_boxed_init, static_argnums=0)(cfg, rng))
-
-
-def abstract_params(cfg: DCAEConfig) -> dict:
-  """ShapeDtypeStructs of every param, without allocating."""
-  return nn.unbox(jax.eval_shape(functools.partial(_boxed_init, cfg), jax.random.PRNGKey(0)))
-
-
-def logical_axes(cfg: DCAEConfig) -> dict:
-  """A PartitionSpec of logical axis names per param (conv kernels: (None, None, in, out))."""
-  return nn.get_partition_spec(jax.eval_shape(functools.partial(_boxed_init, cfg), jax.random.PRNGKey(0)))
-
-
-def num_params(params) -> int:
-  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+init_params, abstract_params, logical_axes = param_utils.param_fns(_boxed_init)
+num_params = param_utils.num_params
 
 
 def load(path: str, dtype: Optional[str] = None, mesh=None, rules=None, **overrides) -> tuple[DCAE, Any]:
@@ -357,20 +340,9 @@ def load(path: str, dtype: Optional[str] = None, mesh=None, rules=None, **overri
   dtype sets the compute dtype (params keep their stored dtype); with a mesh the params are restored straight
   into their logical shardings.
   """
-  from unirl_jax import checkpoint, sharding
-  params_dir = os.path.join(path, "params")
-  if not os.path.isdir(params_dir):
-    raise FileNotFoundError(f"{path} has no params/ directory (write one with `python -m convert dc_ae`)")
-  meta = os.path.join(path, "unirl_jax.json")
-  stored = "float32"
-  if os.path.exists(meta):
-    with open(meta) as f:
-      stored = json.load(f).get("param_dtype", "float32")
-  cfg = DCAEConfig.from_diffusers(os.path.join(path, "config.json"), param_dtype=stored, **overrides)
+  meta = param_utils.read_meta(path)
+  cfg = DCAEConfig.from_diffusers(os.path.join(path, "config.json"), param_dtype=meta.get("param_dtype", "float32"),
+                                  **overrides)
   if dtype is not None:
     cfg = cfg.replace(dtype=dtype)
-  target = abstract_params(cfg)
-  shardings = None
-  if mesh is not None:
-    shardings = sharding.param_shardings(logical_axes(cfg), mesh, rules, shapes=target)
-  return DCAE(cfg), checkpoint.restore_params(params_dir, target, shardings)
+  return DCAE(cfg), param_utils.restore(path, cfg, abstract_params, logical_axes, "dc_ae", mesh, rules)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 from typing import Any, Optional
 
@@ -11,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from unirl_jax.models import layers
+from unirl_jax.models import layers, param_utils
 from unirl_jax.models.qwen2_5_vl.config import dtype_of
 from unirl_jax.models.sana_config import SanaConfig, sana_600m, sana_1600m, tiny  # noqa: F401
 
@@ -286,10 +285,12 @@ def _boxed_init(cfg: SanaConfig, rng):
   return SanaTransformer(cfg).init(rng, *_init_inputs(cfg))["params"]
 
 
+_init_params, abstract_params, logical_axes = param_utils.param_fns(_boxed_init)
+
+
 def init_params(cfg: SanaConfig, rng: Optional[jax.Array] = None) -> dict:
   """Random params; with a reference branch, `ref_patch_embed` starts as a copy of `patch_embed` (UniRL)."""
-  rng = jax.random.PRNGKey(0) if rng is None else rng
-  params = nn.unbox(jax.jit(_boxed_init, static_argnums=0)(cfg, rng))
+  params = _init_params(cfg, rng)
   return with_ref_branch(params) if cfg.ref_branch else params
 
 
@@ -303,27 +304,10 @@ def with_ref_branch(params: dict) -> dict:
   return params
 
 
-def abstract_params(cfg: SanaConfig) -> dict:
-  return nn.unbox(jax.eval_shape(functools.partial(_boxed_init, cfg), jax.random.PRNGKey(0)))
-
-
-def logical_axes(cfg: SanaConfig) -> dict:
-  return nn.get_partition_spec(jax.eval_shape(functools.partial(_boxed_init, cfg), jax.random.PRNGKey(0)))
-
-
 def load(path: str, dtype: Optional[str] = None, mesh=None, rules=None, **overrides):
   """Loads a converted SANA dir (config.json + params/ + unirl_jax.json) -> (model, params)."""
-  import json
-  from unirl_jax import checkpoint, sharding
+  meta = param_utils.read_meta(path)
   cfg = SanaConfig.from_diffusers(os.path.join(path, "config.json"), **overrides)
-  if not os.path.isdir(os.path.join(path, "params")):
-    raise FileNotFoundError(f"{path} has no params/ directory (write one with `python -m convert sana`)")
-  meta_path = os.path.join(path, "unirl_jax.json")
-  meta = json.load(open(meta_path)) if os.path.exists(meta_path) else {}
   cfg = cfg.replace(param_dtype=meta.get("param_dtype", "float32"),
                     ref_branch=bool(meta.get("ref_branch", cfg.ref_branch)), **({"dtype": dtype} if dtype else {}))
-  target = abstract_params(cfg)
-  shardings = None
-  if mesh is not None:
-    shardings = sharding.param_shardings(logical_axes(cfg), mesh, rules, shapes=target)
-  return SanaTransformer(cfg), checkpoint.restore_params(os.path.join(path, "params"), target, shardings)
+  return SanaTransformer(cfg), param_utils.restore(path, cfg, abstract_params, logical_axes, "sana", mesh, rules)

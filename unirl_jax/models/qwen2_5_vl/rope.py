@@ -55,7 +55,7 @@ def get_rope_index(input_ids: jax.Array, image_grid_thw: Optional[np.ndarray], a
   else:
     grid = jnp.asarray(np.asarray(image_grid_thw), jnp.int32)
     m = cfg.vision.spatial_merge_size
-    gt, gh, gw = grid[:, 0], grid[:, 1] // m, grid[:, 2] // m
+    gh, gw = grid[:, 1] // m, grid[:, 2] // m
     # Image blocks are runs of placeholders among the *valid* tokens (padding between them is skipped).
     prev_img = _shift_valid(is_img, valid, direction=1)
     next_img = _shift_valid(is_img, valid, direction=-1)
@@ -78,7 +78,6 @@ def get_rope_index(input_ids: jax.Array, image_grid_thw: Optional[np.ndarray], a
     w_pos = jnp.where(is_img, base + wi, base)
     pos3 = jnp.stack([t_pos, h_pos, w_pos]).astype(jnp.int32)
     pos3 = jnp.where(valid[None], pos3, 0)
-    del gt
   n_valid = valid.sum(axis=1)
   max_pos = jnp.max(jnp.where(valid[None], pos3, -1), axis=(0, 2))
   deltas = (max_pos + 1 - n_valid)[:, None].astype(jnp.int32)
