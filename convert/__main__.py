@@ -1,4 +1,7 @@
-"""`python -m convert KIND --src DIR --dst DIR [--dtype]` and `python -m convert export KIND --src --dst`."""
+"""`python -m convert KIND --src DIR --dst DIR [--dtype]` and `python -m convert export KIND --src --dst`.
+
+`unirl` has its own flags (see `python -m convert unirl --help`): a UniRL folder, or parts to assemble.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +17,13 @@ def main(argv=None) -> int:
   export = bool(argv) and argv[0] == "export"
   if export:
     argv = argv[1:]
+  if argv and argv[0] == "unirl":
+    from convert import unirl
+    return unirl.main(argv[1:], export=export)
   p = argparse.ArgumentParser(prog="python -m convert" + (" export" if export else ""),
                               description="Export an Orbax checkpoint to HF safetensors." if export else
                               "Convert HF/diffusers safetensors to a self-contained Orbax checkpoint.")
-  p.add_argument("kind", choices=kinds())
+  p.add_argument("kind", choices=kinds() + ["unirl"])
   p.add_argument("--src", required=True)
   p.add_argument("--dst", required=True)
   p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None if export else "float32")

@@ -79,14 +79,27 @@ class TrainCheckpoints:
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
 
-  def save(self, step: int, state: Any, force: bool = False) -> bool:
-    return self.manager.save(step, args=ocp.args.StandardSave(state), force=force)
+  def save(self, step: int, state: Any, extra: Optional[dict] = None, force: bool = False) -> bool:
+    """Saves the state pytree and, if given, a JSON-able `extra` (e.g. the data iterator's state)."""
+    args = {"state": ocp.args.StandardSave(state)}
+    if extra is not None:
+      args["extra"] = ocp.args.JsonSave(extra)
+    return self.manager.save(step, args=ocp.args.Composite(**args), force=force)
 
-  def restore(self, abstract_state: Any, step: Optional[int] = None, shardings: Any = None) -> Any:
+  def restore(self, abstract_state: Any, step: Optional[int] = None, shardings: Any = None,
+              with_extra: bool = False) -> Any:
+    """The state (into `shardings` when given); with_extra also returns the saved JSON (or None)."""
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.manager.directory}")
-    return self.manager.restore(step, args=ocp.args.StandardRestore(_abstract(abstract_state, shardings)))
+    args = {"state": ocp.args.StandardRestore(_abstract(abstract_state, shardings))}
+    has_extra = os.path.isdir(os.path.join(str(self.manager.directory), str(step), "extra"))
+    if has_extra:
+      args["extra"] = ocp.args.JsonRestore()
+    out = self.manager.restore(step, args=ocp.args.Composite(**args))
+    if with_extra:
+      return out["state"], (out["extra"] if has_extra else None)
+    return out["state"]
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

@@ -67,7 +67,11 @@ def mesh_shape(cfg: MeshConfig, n_devices: int) -> tuple[int, int, int]:
 
 
 def make_mesh(cfg: MeshConfig = MeshConfig(), devices: Optional[Sequence] = None) -> Mesh:
+  """A (data, fsdp, tensor) mesh; fixed sizes smaller than the device count use the first devices."""
   devices = list(jax.devices() if devices is None else devices)
+  sizes = (cfg.data, cfg.fsdp, cfg.tensor)
+  if -1 not in sizes and int(np.prod(sizes)) < len(devices):
+    devices = devices[:int(np.prod(sizes))]
   shape = mesh_shape(cfg, len(devices))
   return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3)
 

@@ -180,3 +180,79 @@ def freeze(params: dict, mask: dict) -> dict:
   """stop_gradient on frozen leaves: gradients still flow *through* the frozen LM to the queries."""
   return jax.tree.map(lambda p, m: p if m else jax.lax.stop_gradient(p), params, mask)
 
+
+
+# ---- checkpoint directories ---------------------------------------------------------------------
+# DIR/unified.json (the four configs in their reference formats + UniRL fields), DIR/params/ (Orbax, the
+# whole params dict), DIR/unirl_jax.json, and the tokenizer/processor files when known.
+
+EXEC_FIELDS = ("dtype", "param_dtype", "remat", "scan_unroll", "attention_impl")
+
+
+def config_to_dict(cfg: UnifiedConfig) -> dict:
+  conn = {k: v for k, v in dataclasses.asdict(cfg.connector).items() if k not in EXEC_FIELDS}
+  dit = {**cfg.dit.to_diffusers_dict(), "ref_branch": cfg.dit.ref_branch}
+  return {"lm": cfg.lm.to_hf_dict(), "connector": conn, "dit": dit, "vae": cfg.vae.to_diffusers_dict(),
+          "num_queries": cfg.num_queries, "positions": cfg.positions, "ref_keep": cfg.ref_keep}
+
+
+def config_from_dict(d: dict, **overrides) -> UnifiedConfig:
+  dit = dict(d["dit"])
+  return UnifiedConfig(lm=Qwen2_5_VLConfig.from_hf(d["lm"]), connector=ConnectorConfig(**d["connector"]),
+                       dit=SanaConfig.from_diffusers(dit, ref_branch=bool(dit.get("ref_branch", True))),
+                       vae=DCAEConfig.from_diffusers(d["vae"]),
+                       **{k: d[k] for k in ("num_queries", "positions", "ref_keep") if k in d}, **overrides)
+
+
+def with_execution(cfg: UnifiedConfig, **knobs) -> UnifiedConfig:
+  """Sets dtype/remat/... on every sub-model at once (e.g. dtype="bfloat16", remat="full")."""
+  return cfg.replace(lm=cfg.lm.replace(**knobs), connector=cfg.connector.replace(**knobs),
+                     dit=cfg.dit.replace(**knobs), vae=cfg.vae.replace(**{k: v for k, v in knobs.items()
+                                                                          if k in ("dtype", "param_dtype")}))
+
+
+def save(path: str, cfg: UnifiedConfig, params: dict, side_files_from: str | None = None,
+         overwrite: bool = False) -> str:
+  """Writes a self-contained unified checkpoint dir (staged: nothing half-written is left on failure)."""
+  import json
+  import os
+  from convert.pipeline import copy_side_files, staged_dir
+  from unirl_jax import checkpoint
+  with staged_dir(path, overwrite) as tmp:
+    checkpoint.save_params(os.path.join(tmp, "params"), jax.device_get(params))
+    with open(os.path.join(tmp, "unified.json"), "w") as f:
+      json.dump(config_to_dict(cfg), f, indent=1)
+    with open(os.path.join(tmp, "unirl_jax.json"), "w") as f:
+      json.dump({"kind": "unirl", "param_dtype": cfg.dit.param_dtype}, f)
+    if side_files_from:
+      copy_side_files(side_files_from, tmp, skip=("config.json", "unirl_jax.json", "unified.json"))
+  return path
+
+
+def load(path: str, mesh=None, rules=None, **knobs) -> tuple[UnifiedModel, dict]:
+  """-> (model, params) from a dir written by `save` / `python -m convert unirl`; knobs as in with_execution."""
+  import json
+  import os
+  from unirl_jax import checkpoint, sharding
+  cfg_path = os.path.join(path, "unified.json")
+  if not os.path.exists(cfg_path):
+    raise FileNotFoundError(f"{path} has no unified.json (write one with `python -m convert unirl`)")
+  with open(cfg_path) as f:
+    cfg = config_from_dict(json.load(f))
+  stored = json.load(open(os.path.join(path, "unirl_jax.json"))).get("param_dtype", "float32")
+  cfg = with_execution(cfg, param_dtype=stored, **knobs)
+  model = UnifiedModel(cfg)
+  target = model.abstract_params()
+  shardings = None
+  if mesh is not None:
+    shardings = sharding.param_shardings(model.logical_axes(), mesh, rules, shapes=target)
+  return model, checkpoint.restore_params(os.path.join(path, "params"), target, shardings)
+
+
+def tiny_qwen_vocab(**kw) -> UnifiedConfig:
+  """`tiny()` whose LM uses Qwen's real 151,936-token vocabulary and special ids, for the offline tokenizer."""
+  cfg = tiny(**kw)
+  lm = cfg.lm.replace(text=dataclasses.replace(cfg.lm.text, vocab_size=151936), image_token_id=151655,
+                      video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653,
+                      bos_token_id=151643, eos_token_id=(151645,), pad_token_id=151643)
+  return cfg.replace(lm=lm)

@@ -1,0 +1,1 @@
+"""Data: prompt formats, records (JSONL / parquet) with clear errors, and grain pipelines."""

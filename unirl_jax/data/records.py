@@ -1,0 +1,169 @@
+"""Training records from JSONL manifests and parquet files, with errors that name the file and line.
+
+Manifest lines (image paths relative to the manifest):
+  {"type": "t2i", "image": "img/0.png", "caption": "a red circle"}
+  {"type": "edit", "source": "img/0.png", "edited": "img/0_e.png", "instruction": "make it blue"}
+Parquet columns: t2i `image` (bytes or {"bytes", "path"}) + `caption` (or `prompt`); edit `src_img`,
+`edited_img` + `instruction` (or OmniEdit's `edited_prompt_list`, whose last entry is used).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+from typing import Iterable, Optional, Union
+
+import numpy as np
+from PIL import Image
+
+ImageRef = Union[str, bytes]  # a file path or encoded image bytes
+
+
+class DataError(ValueError):
+  """A bad record; the message starts with `file:line` (or `file: row N`)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class T2IRecord:
+  caption: str
+  image: ImageRef
+  origin: str  # "file:line", for error messages
+
+
+@dataclasses.dataclass(frozen=True)
+class EditRecord:
+  instruction: str
+  source: ImageRef
+  edited: ImageRef
+  origin: str
+
+
+Record = Union[T2IRecord, EditRecord]
+
+
+@dataclasses.dataclass
+class ReadStats:
+  read: int = 0
+  skipped: int = 0
+  reasons: list = dataclasses.field(default_factory=list)  # the first few skip messages
+
+
+def open_image(ref: ImageRef, origin: str) -> Image.Image:
+  """Decodes an image as RGB, or raises DataError naming the record."""
+  try:
+    img = Image.open(io.BytesIO(ref) if isinstance(ref, bytes) else ref)
+    img.load()
+    return img.convert("RGB")
+  except Exception as e:  # PIL raises many kinds for unreadable files
+    what = "image bytes" if isinstance(ref, bytes) else repr(ref)
+    raise DataError(f"{origin}: unreadable image {what}: {e}") from e
+
+
+def _image_field(v, origin: str, base: str, check: bool) -> ImageRef:
+  if isinstance(v, dict):
+    v = v.get("bytes") or v.get("path")
+  if isinstance(v, (bytes, bytearray)):
+    return bytes(v)
+  if not isinstance(v, str) or not v:
+    raise DataError(f"{origin}: image field is neither a path nor bytes ({type(v).__name__})")
+  path = v if os.path.isabs(v) else os.path.join(base, v)
+  if not os.path.exists(path):
+    raise DataError(f"{origin}: image file not found: {path}")
+  if check:
+    open_image(path, origin)
+  return path
+
+
+def _field(d: dict, names: tuple[str, ...], origin: str):
+  for n in names:
+    if d.get(n) is not None:
+      return d[n]
+  raise DataError(f"{origin}: missing field {' or '.join(repr(n) for n in names)}")
+
+
+def _make(d: dict, kind: str, origin: str, base: str, check_images: bool) -> Record:
+  if kind == "t2i":
+    caption = _field(d, ("caption", "prompt", "text"), origin)
+    return T2IRecord(str(caption), _image_field(_field(d, ("image", "jpg", "png"), origin), origin, base,
+                                                check_images), origin)
+  if kind == "edit":
+    instr = _field(d, ("instruction", "edited_prompt_list"), origin)
+    if isinstance(instr, (list, tuple, np.ndarray)):
+      if len(instr) == 0:
+        raise DataError(f"{origin}: empty edited_prompt_list")
+      instr = instr[-1]
+    src = _image_field(_field(d, ("source", "src_img"), origin), origin, base, check_images)
+    edited = _image_field(_field(d, ("edited", "edited_img"), origin), origin, base, check_images)
+    return EditRecord(str(instr), src, edited, origin)
+  raise DataError(f"{origin}: unknown record type {kind!r} (expected 't2i' or 'edit')")
+
+
+def _collect(rows: Iterable[tuple[str, callable]], skip_bad: bool, stats: ReadStats) -> list[Record]:
+  out = []
+  for origin, make in rows:
+    try:
+      out.append(make())
+      stats.read += 1
+    except DataError as e:
+      if not skip_bad:
+        raise
+      stats.skipped += 1
+      if len(stats.reasons) < 10:
+        stats.reasons.append(str(e))
+  return out
+
+
+def read_manifest(path: str, skip_bad: bool = False, stats: Optional[ReadStats] = None) -> list[Record]:
+  """Records of a JSONL manifest. With skip_bad, bad lines (and undecodable images) are skipped and counted."""
+  stats = stats if stats is not None else ReadStats()
+  base = os.path.dirname(os.path.abspath(path))
+
+  def rows():
+    with open(path) as f:
+      for i, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        origin = f"{path}:{i}"
+
+        def make(line=line, origin=origin):
+          try:
+            d = json.loads(line)
+          except json.JSONDecodeError as e:
+            raise DataError(f"{origin}: not valid JSON: {e}") from e
+          if not isinstance(d, dict):
+            raise DataError(f"{origin}: expected a JSON object")
+          return _make(d, d.get("type", "t2i"), origin, base, check_images=skip_bad)
+
+        yield origin, make
+
+  return _collect(rows(), skip_bad, stats)
+
+
+def read_parquet(path: str, kind: str, skip_bad: bool = False, stats: Optional[ReadStats] = None) -> list[Record]:
+  """Records of a parquet file of `kind` ("t2i" or "edit"), one per row."""
+  import pyarrow.parquet as pq
+  stats = stats if stats is not None else ReadStats()
+  table = pq.read_table(path)
+  base = os.path.dirname(os.path.abspath(path))
+  rows = ((f"{path}: row {i}", lambda d=d, i=i: _make(d, kind, f"{path}: row {i}", base, check_images=skip_bad))
+          for i, d in enumerate(table.to_pylist()))
+  return _collect(rows, skip_bad, stats)
+
+
+def read_sources(sources: Iterable[str], skip_bad: bool = False) -> tuple[list[Record], ReadStats]:
+  """`sources`: manifest paths (*.jsonl) or "t2i:PATH.parquet" / "edit:PATH.parquet"."""
+  stats = ReadStats()
+  out: list[Record] = []
+  for src in sources:
+    if src.endswith(".jsonl"):
+      out += read_manifest(src, skip_bad, stats)
+    elif src.endswith(".parquet") and ":" in src:
+      kind, path = src.split(":", 1)
+      out += read_parquet(path, kind, skip_bad, stats)
+    else:
+      raise DataError(f"data source {src!r}: expected a .jsonl manifest or 't2i:'/'edit:' + a .parquet path")
+  if not out:
+    raise DataError(f"no usable records in {list(sources)} ({stats.skipped} skipped)")
+  return out, stats
