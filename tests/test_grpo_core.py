@@ -1,0 +1,142 @@
+"""Flow-GRPO's SDE step and log-prob, group advantages, and the (sum, denominator) GRPO losses."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from unirl_jax.diffusion.sampler import euler_sample
+from unirl_jax.diffusion.schedule import FlowMatchSchedule
+from unirl_jax.diffusion.sde import gaussian_log_prob, sde_sample, sde_std, sde_step
+from unirl_jax.rl.advantages import group_advantages
+from unirl_jax.rl.losses import completion_mask, dm_kl, dm_policy_loss, k3_kl, lm_loss
+
+SIGMAS, TIMESTEPS = FlowMatchSchedule(shift=3.0).set_timesteps(10)
+
+
+def test_log_prob_equals_scipy_gaussian_density():
+  rs = np.random.RandomState(0)
+  x, v, noise = (rs.randn(3, 4, 4, 2).astype(np.float32) for _ in range(3))
+  for i in (0, 4, 9):
+    out = sde_step(x, v, SIGMAS[i], SIGMAS[i + 1], SIGMAS[1], 0.7, noise=noise)
+    ref = stats.norm.logpdf(np.asarray(out.prev, np.float64), np.asarray(out.mean, np.float64), float(out.std))
+    np.testing.assert_allclose(np.asarray(out.log_prob), ref.reshape(3, -1).mean(1), rtol=1e-5)
+    s = sde_step(x, v, SIGMAS[i], SIGMAS[i + 1], SIGMAS[1], 0.7, prev=out.prev, reduce="sum")
+    np.testing.assert_allclose(np.asarray(s.log_prob), ref.reshape(3, -1).sum(1), rtol=1e-5)
+
+
+def test_unirl_std_table():
+  """unirl.md §3.1: transition std 0.700 at the first step (σ₁ in the denominator), 0.0063 at the last."""
+  s0 = float(sde_std(SIGMAS[0], SIGMAS[1], SIGMAS[1], 0.7)[1])
+  s9 = float(sde_std(SIGMAS[9], SIGMAS[10], SIGMAS[1], 0.7)[1])
+  assert s0 == pytest.approx(0.700, abs=2e-3) and s9 == pytest.approx(0.0063, abs=2e-4)
+
+
+def velocity(x, t):
+  return -0.5 * x + jnp.sin(t / 300.0)[:, None, None, None]
+
+
+def test_vanishing_noise_sde_is_the_ode():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 4, 3))
+  ode = euler_sample(velocity, x, SIGMAS, TIMESTEPS)
+  sde = sde_sample(velocity, x, SIGMAS, TIMESTEPS, jax.random.PRNGKey(1), noise_level=1e-7)
+  np.testing.assert_allclose(np.asarray(sde.latents[-1]), np.asarray(ode), atol=1e-5)
+  tail = sde_sample(velocity, x, SIGMAS, TIMESTEPS, jax.random.PRNGKey(1), sde_steps=3)
+  assert np.asarray(tail.sde_mask).tolist() == [True] * 3 + [False] * 7
+  assert (np.asarray(tail.log_probs)[3:] == 0).all() and (np.asarray(tail.log_probs)[:3] != 0).all()
+
+
+def test_on_policy_recomputation_gives_ratio_one():
+  """Recomputing a stored rollout reproduces its log-probs (to float32 rounding across the two programs), and
+  the on-policy loss has ρ exactly 1 with gradient −A·∇log p."""
+  x = jax.random.normal(jax.random.PRNGKey(2), (2, 4, 4, 3))
+  roll = sde_sample(velocity, x, SIGMAS, TIMESTEPS, jax.random.PRNGKey(3))
+  for i in range(10):
+    t = jnp.full((2,), TIMESTEPS[i])
+    re = sde_step(roll.latents[i], velocity(roll.latents[i], t), SIGMAS[i], SIGMAS[i + 1], SIGMAS[1], 0.7,
+                  prev=roll.latents[i + 1])
+    np.testing.assert_allclose(np.asarray(re.log_prob), np.asarray(roll.log_probs[i]), rtol=1e-6, atol=1e-6)
+    _, _, st = dm_policy_loss(re.log_prob, None, jnp.array([1.0, -1.0]))
+    assert float(st["ratio_min"]) == 1.0 == float(st["ratio_max"])
+  lp = lambda th: sde_step(x, jnp.broadcast_to(th, x.shape), SIGMAS[3], SIGMAS[4], SIGMAS[1], 0.7,
+                           prev=roll.latents[4]).log_prob
+  adv = jnp.array([0.7, -0.2])
+  g = jax.grad(lambda th: dm_policy_loss(lp(th), None, adv)[0])(0.3)
+  g_ref = jax.grad(lambda th: -jnp.sum(adv * lp(th)))(0.3)
+  np.testing.assert_allclose(float(g), float(g_ref), rtol=1e-6)
+
+
+def test_advantages():
+  r = jnp.array([1.0, 2.0, 3.0, 4.0, 5.0, 5.0, 5.0, 5.0])
+  a = np.asarray(group_advantages(r, 4))
+  sd = np.std([1, 2, 3, 4], ddof=1)
+  np.testing.assert_allclose(a[:4], (np.array([1, 2, 3, 4]) - 2.5) / (sd + 1e-4), rtol=1e-6)
+  assert (a[4:] == 0).all()  # zero variance: zero advantage, not NaN
+  p = np.asarray(group_advantages(r, 4, std="population"))
+  np.testing.assert_allclose(p[:4], (np.array([1, 2, 3, 4]) - 2.5) / (np.std([1, 2, 3, 4]) + 1e-4), rtol=1e-6)
+  assert np.abs(np.asarray(group_advantages(jnp.array([0.0] * 7 + [100.0]), 8, clip=2.0))).max() == 2.0
+  assert (np.asarray(group_advantages(jnp.array([3.0, 4.0]), 1)) == 0).all()
+  with pytest.raises(ValueError, match="groups of 3"):
+    group_advantages(r, 3)
+
+
+def test_positive_advantage_raises_log_prob():
+  """DM: a gradient step on the policy loss moves μ toward the sample of a positive-advantage trajectory."""
+  x = jnp.zeros((1, 2, 2, 1))
+  prev = jnp.full((1, 2, 2, 1), 0.3)
+
+  def logp(theta):
+    return sde_step(x, jnp.broadcast_to(theta, x.shape), SIGMAS[5], SIGMAS[6], SIGMAS[1], 0.7, prev=prev).log_prob
+
+  theta = jnp.float32(0.0)
+  old = jax.lax.stop_gradient(logp(theta))
+  for adv, direction in ((1.0, 1), (-1.0, -1)):
+    loss = lambda th: dm_policy_loss(logp(th), old, jnp.array([adv]))[0]
+    new = theta - 1e-3 * jax.grad(loss)(theta)
+    assert direction * (float(logp(new)[0]) - float(old[0])) > 0
+  # LM: positive advantage on token 2 raises its log-prob.
+  logits = jnp.zeros((1, 1, 5))
+  tok = jnp.array([[2]])
+  lp = lambda lg: jnp.take_along_axis(jax.nn.log_softmax(lg), tok[..., None], -1)[..., 0]
+  loss = lambda lg: lm_loss(lp(lg), jax.lax.stop_gradient(lp(lg)), jax.lax.stop_gradient(lp(lg)), jnp.array([1.0]),
+                            jnp.ones((1, 1)))[0]
+  assert float(lp(logits - 0.1 * jax.grad(loss)(logits))[0, 0]) > float(lp(logits)[0, 0])
+
+
+@pytest.mark.parametrize("aggregation", ["seq_mean_token_mean", "token_mean", "dr_grpo"])
+def test_micro_batches_give_the_same_gradient(aggregation):
+  rs = np.random.RandomState(0)
+  b, t = 8, 6
+  w = jnp.asarray(rs.randn(5).astype(np.float32))
+  feats = jnp.asarray(rs.randn(b, t, 5).astype(np.float32))
+  adv = jnp.asarray(rs.randn(b).astype(np.float32))
+  mask = jnp.asarray((rs.rand(b, t) > 0.3).astype(np.float32))
+  old = jnp.asarray(rs.randn(b, t).astype(np.float32) * 0.01)
+  lp_fn = lambda w, f: jnp.tanh(f @ w) * 0.1
+  dm_rows = jnp.asarray(rs.randn(b * 3).astype(np.float32)) * 0.01
+  dm_adv = jnp.repeat(adv, 3)
+
+  def total(w, chunks):
+    s_lm, d_lm, s_dm, d_dm = 0.0, 0.0, 0.0, 0.0
+    for idx in np.array_split(np.arange(b), chunks):
+      lp = lp_fn(w, feats[idx])
+      s, d = lm_loss(lp, old[idx], old[idx], adv[idx], mask[idx], beta=0.05, aggregation=aggregation, max_len=t)
+      s_lm, d_lm = s_lm + s, d_lm + d
+      rows = np.concatenate([np.arange(i * 3, i * 3 + 3) for i in idx])
+      s, d, _ = dm_policy_loss(dm_rows[rows] * w.sum(), dm_rows[rows], dm_adv[rows], clip_eps=10.0)
+      s_dm, d_dm = s_dm + s, d_dm + d
+    return s_lm / d_lm + s_dm / d_dm  # the joint loss L_LM + L_DM
+
+  g1 = jax.grad(lambda w: total(w, 1))(w)
+  g4 = jax.grad(lambda w: total(w, 4))(w)
+  np.testing.assert_allclose(np.asarray(g4), np.asarray(g1), rtol=1e-5, atol=1e-7)
+
+
+def test_kl_terms():
+  mu = jnp.ones((2, 3, 3, 1))
+  s, d = dm_kl(mu, jnp.zeros_like(mu), 0.5)
+  assert float(s / d) == pytest.approx(1 / (2 * 0.25))
+  assert float(k3_kl(jnp.array(-1.0), jnp.array(-1.0))) == 0.0 and float(k3_kl(jnp.array(-1.0), jnp.array(-2.0))) > 0
+  toks = jnp.array([[5, 2, 7, 2], [5, 6, 7, 8]])
+  np.testing.assert_array_equal(np.asarray(completion_mask(toks, (2,))), [[1, 1, 0, 0], [1, 1, 1, 1]])

@@ -1,0 +1,1 @@
+"""GRPO: group advantages, the DM (Flow-GRPO) and LM (token GRPO) surrogate losses as (sum, denominator)."""
