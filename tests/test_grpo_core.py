@@ -8,7 +8,7 @@ from scipy import stats
 
 from unirl_jax.diffusion.sampler import euler_sample
 from unirl_jax.diffusion.schedule import FlowMatchSchedule
-from unirl_jax.diffusion.sde import gaussian_log_prob, sde_sample, sde_std, sde_step
+from unirl_jax.diffusion.sde import sde_sample, sde_std, sde_step
 from unirl_jax.rl.advantages import group_advantages
 from unirl_jax.rl.losses import completion_mask, dm_kl, dm_policy_loss, k3_kl, lm_loss
 

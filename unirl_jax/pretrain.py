@@ -17,9 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import NamedSharding, PartitionSpec as P
 
-from unirl_jax import checkpoint, optim, sharding
+from unirl_jax import checkpoint, optim, sharding, train_state
 from unirl_jax.data import pipeline as data_pipeline
 from unirl_jax.data import records as records_lib
 from unirl_jax.models import unified
@@ -63,13 +62,6 @@ def flow_matching_loss(model: unified.UnifiedModel, params: dict, batch: dict, r
   return loss, {"sigma_mean": sigma.mean()}
 
 
-def split(params: dict, trainable: tuple[str, ...]) -> tuple[dict, dict]:
-  unknown = set(trainable) - set(params)
-  if unknown:
-    raise ValueError(f"trainable groups {sorted(unknown)} not among {sorted(params)}")
-  return ({k: v for k, v in params.items() if k in trainable}, {k: v for k, v in params.items() if k not in trainable})
-
-
 class Pretrainer:
   """Builds model, params, optimizer, data and checkpoints from a config; `run()` trains and resumes."""
 
@@ -77,21 +69,13 @@ class Pretrainer:
     self.c, self.workdir = config, os.path.abspath(workdir)
     os.makedirs(self.workdir, exist_ok=True)
     self.mesh = sharding.make_mesh(sharding.MeshConfig(**config.mesh))
-    self.model, params, tok_dir = self._model_and_params()
+    self.model, params, tok_dir = train_state.build_model(config.model, config.seed)
     self.trainable_keys = tuple(config.train.trainable)
-    trainable, frozen = split(params, self.trainable_keys)
-    axes = self.model.logical_axes()
-    place = lambda tree: jax.device_put(tree, sharding.param_shardings({k: axes[k] for k in tree}, self.mesh,
-                                                                       shapes=tree))
-    self.frozen = place(frozen)
+    trainable, frozen = train_state.split(params, self.trainable_keys)
+    self.frozen = train_state.place(self.model, frozen, self.mesh)
     self.tx = optim.adamw(config.optim)
-    trainable = place(trainable)
-    state = {"trainable": trainable, "opt_state": jax.jit(self.tx.init)(trainable), "step": jnp.zeros((), jnp.int32)}
-    replicated = NamedSharding(self.mesh, P())
-    # Scalars (step, optimizer counts) would otherwise sit on one device and recompile the step once.
-    self.state_shardings = jax.tree.map(lambda x: x.sharding if isinstance(x.sharding, NamedSharding) else replicated,
-                                        state)
-    self.state = jax.device_put(state, self.state_shardings)
+    self.state, self.state_shardings = train_state.init_state(train_state.place(self.model, trainable, self.mesh),
+                                                              self.tx, self.mesh)
     self.loss_cfg = LossConfig(cond_dropout=config.train.cond_dropout)
     self.dataset = self._dataset(tok_dir)
     self.ckpt = checkpoint.TrainCheckpoints(os.path.join(self.workdir, "checkpoints"),
@@ -99,16 +83,6 @@ class Pretrainer:
     self._steps = {}
 
   # ---- construction ----------------------------------------------------------------------------
-
-  def _model_and_params(self):
-    m = self.c.model
-    knobs = dict(dtype=m.dtype, remat=m.remat)
-    if m.init.startswith("preset:"):
-      cfg = unified.with_execution(getattr(unified, m.init.split(":", 1)[1])(), **knobs)
-      model = unified.UnifiedModel(cfg)
-      return model, model.init_params(jax.random.PRNGKey(self.c.seed)), None
-    model, params = unified.load(m.init, **knobs)
-    return model, params, m.init
 
   def _dataset(self, tok_dir):
     from unirl_jax import tokenizer as tok_lib
@@ -158,11 +132,7 @@ class Pretrainer:
       (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["trainable"])
       gnorm = optax.global_norm(grads)
       finite = jnp.isfinite(loss) & jnp.isfinite(gnorm)
-      updates, opt_state = tx.update(grads, state["opt_state"], state["trainable"])
-      new = optax.apply_updates(state["trainable"], updates)
-      keep = lambda a, b: jax.tree.map(lambda x, y: jnp.where(finite, x, y), a, b)  # skip non-finite steps
-      state = {"trainable": keep(new, state["trainable"]), "opt_state": keep(opt_state, state["opt_state"]),
-               "step": state["step"] + 1}
+      state = train_state.guarded_update(tx, state, grads, finite)
       return state, {"loss": loss, "grad_norm": gnorm, "skipped": (~finite).astype(jnp.int32), **aux}
 
     batch_sharding = sharding.batch_sharding(self.mesh, 1)
@@ -191,7 +161,7 @@ class Pretrainer:
       it.set_state(extra["data"])
       start = int(self.state["step"])
       print(f"resumed from step {start} in {self.ckpt.manager.directory}")
-    _truncate_metrics(metrics_path, start)
+    train_state.truncate_metrics(metrics_path, start)
     history = []
     t0 = time.perf_counter()
     with open(metrics_path, "a") as mf:
@@ -221,14 +191,3 @@ class Pretrainer:
   def export(self, path: str) -> str:
     """A unified checkpoint dir of the current params (loadable by `python -m unirl_jax.generate`)."""
     return unified.save(path, self.model.config, self.params(), overwrite=True)
-
-
-def _truncate_metrics(path: str, upto: int) -> None:
-  """On resume, drop rows logged after the restored checkpoint so the file holds one clean curve."""
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    rows = [line for line in f if line.strip() and json.loads(line)["step"] <= upto]
-  with open(path, "w") as f:
-    f.writelines(rows)
-

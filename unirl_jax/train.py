@@ -20,8 +20,11 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints and metrics g
 
 
 def run(config, workdir: str):
+  if config.mode == "grpo":
+    from unirl_jax.rl.trainer import GRPOTrainer
+    return GRPOTrainer(config, workdir).run()
   if config.mode != "pretrain":
-    raise ValueError(f"config.mode {config.mode!r} not supported (only 'pretrain' so far)")
+    raise ValueError(f"config.mode {config.mode!r} not one of 'pretrain', 'grpo'")
   from unirl_jax.pretrain import Pretrainer
   trainer = Pretrainer(config, workdir)
   history = trainer.run()
