@@ -1,4 +1,5 @@
-"""Optimizers from config: AdamW with linear warmup + cosine decay to a floor, global-norm clipping."""
+"""Optimizers from config: AdamW with linear warmup + cosine (or linear) decay to a floor, optional
+global-norm clipping, and per-group learning rates over the top-level param groups (optax.multi_transform)."""
 
 from __future__ import annotations
 
@@ -14,12 +15,30 @@ def schedule(lr: float, total_steps: int, warmup_steps: int = 0, min_lr: float =
   if kind != "cosine":
     raise ValueError(f"lr schedule {kind!r} not one of cosine, linear, constant")
   return optax.warmup_cosine_decay_schedule(0.0 if warmup_steps else lr, lr, warmup_steps,
-                                            max(total_steps, warmup_steps + 1),
-                                            end_value=min_lr)
+                                            max(total_steps, warmup_steps + 1), end_value=min_lr)
 
 
-def adamw(cfg) -> optax.GradientTransformation:
-  """cfg: lr, min_lr, warmup_steps, total_steps, schedule, b1, b2, eps, weight_decay, grad_clip (0 = off)."""
-  sched = schedule(cfg.lr, cfg.total_steps, cfg.warmup_steps, cfg.min_lr, cfg.schedule)
-  tx = optax.adamw(sched, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
+def _adamw(cfg, lr: float) -> optax.GradientTransformation:
+  min_lr = cfg.min_lr * lr / cfg.lr if cfg.lr else 0.0  # the floor scales with the group's peak
+  sched = schedule(lr, cfg.total_steps, cfg.warmup_steps, min_lr, cfg.schedule)
+  return optax.adamw(sched, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+
+def adamw(cfg, groups=None) -> optax.GradientTransformation:
+  """cfg: lr, min_lr, warmup_steps, total_steps, schedule, b1, b2, eps, weight_decay, grad_clip (0 = off),
+  and optionally `group_lr` {top-level param group: peak lr} (e.g. UniRL CoT: {"lm": 5e-7} with lr 3e-6).
+
+  `groups` are the top-level keys of the params being optimised (needed when group_lr is set).
+  """
+  group_lr = dict(cfg.get("group_lr", None) or {}) if hasattr(cfg, "get") else {}
+  if group_lr:
+    if groups is None:
+      raise ValueError("optim.group_lr needs the param groups")
+    unknown = set(group_lr) - set(groups)
+    if unknown:
+      raise ValueError(f"optim.group_lr names groups {sorted(unknown)} that are not trained ({sorted(groups)})")
+    txs = {g: _adamw(cfg, group_lr.get(g, cfg.lr)) for g in groups}
+    tx = optax.multi_transform(txs, lambda params: {g: g for g in params})
+  else:
+    tx = _adamw(cfg, cfg.lr)
   return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx) if cfg.grad_clip else tx

@@ -73,7 +73,7 @@ class Pretrainer:
     self.trainable_keys = tuple(config.train.trainable)
     trainable, frozen = train_state.split(params, self.trainable_keys)
     self.frozen = train_state.place(self.model, frozen, self.mesh)
-    self.tx = optim.adamw(config.optim)
+    self.tx = optim.adamw(config.optim, self.trainable_keys)
     self.state, self.state_shardings = train_state.init_state(train_state.place(self.model, trainable, self.mesh),
                                                               self.tx, self.mesh)
     self.loss_cfg = LossConfig(cond_dropout=config.train.cond_dropout)

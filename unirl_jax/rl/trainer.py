@@ -40,7 +40,7 @@ class GRPOTrainer:
     self.frozen = train_state.place(self.model, frozen, self.mesh)
     # The reference policy: the initial trainable params; everything frozen is shared, not copied.
     self.ref_trainable = train_state.place(self.model, jax.tree.map(jnp.array, trainable), self.mesh)
-    self.tx = optim.adamw(c.optim)
+    self.tx = optim.adamw(c.optim, tuple(trainable))
     self.state, self.state_shardings = train_state.init_state(train_state.place(self.model, trainable, self.mesh),
                                                               self.tx, self.mesh)
     self.dc = dm.DMConfig(**c.dm)
