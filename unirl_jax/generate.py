@@ -20,6 +20,8 @@ import time
 
 import numpy as np
 
+from unirl_jax.data.pipeline import square, to_uint8, to_unit_range
+
 UNIRL_VIT_SIZE = 672
 
 
@@ -41,22 +43,6 @@ def parse_args(argv=None):
   return p.parse_args(argv)
 
 
-def square(image, px: int):
-  """Resize the short side to px and center-crop to px x px (RGB PIL image)."""
-  from PIL import Image
-  image = image.convert("RGB")
-  w, h = image.size
-  s = px / min(w, h)
-  w2, h2 = max(px, round(w * s)), max(px, round(h * s))
-  image = image.resize((w2, h2), Image.BICUBIC)
-  left, top = (w2 - px) // 2, (h2 - px) // 2
-  return image.crop((left, top, left + px, top + px))
-
-
-def to_uint8(images) -> np.ndarray:
-  """Images in [-1, 1] -> uint8, as UniRL's (x / 2 + 0.5).clamp(0, 1)."""
-  x = np.clip(np.asarray(images, np.float32) / 2 + 0.5, 0, 1)
-  return np.round(x * 255).astype(np.uint8)
 
 
 def tile(images: np.ndarray, rows: int, cols: int) -> np.ndarray:
@@ -123,7 +109,7 @@ def edit_inputs(ckpt: str, cfg, path: str, instructions, vit_size: int, size: in
   pv, grid = np.asarray(out["pixel_values"], np.float32), np.asarray(out["image_grid_thw"])
   texts = [tok_lib.expand_image_tokens(prompts.edit(i), grid, cfg.lm.vision.spatial_merge_size) for i in instructions]
   n = len(instructions)
-  src = np.asarray(square(image, size), np.float32)[None] / 127.5 - 1
+  src = to_unit_range(square(image, size))[None]
   return texts, np.concatenate([pv] * n), np.repeat(grid, n, axis=0), src
 
 

@@ -37,6 +37,7 @@ class ImageSpec:
 
 def square(img: Image.Image, size: int) -> Image.Image:
   """Bicubic resize of the short side to `size`, then a centre crop (UniRL's preprocessing)."""
+  img = img.convert("RGB")
   w, h = img.size
   s = size / min(w, h)
   img = img.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
@@ -48,6 +49,12 @@ def square(img: Image.Image, size: int) -> Image.Image:
 def to_unit_range(img: Image.Image) -> np.ndarray:
   """uint8 RGB -> float32 in [-1, 1], (H, W, 3)."""
   return np.asarray(img, np.float32) / 127.5 - 1.0
+
+
+def to_uint8(images) -> np.ndarray:
+  """Images in [-1, 1] -> uint8, as UniRL's (x / 2 + 0.5).clamp(0, 1) then x 255, rounded."""
+  x = np.clip(np.asarray(images, np.float32) / 2 + 0.5, 0, 1)
+  return np.round(x * 255).astype(np.uint8)
 
 
 class Preprocessor:

@@ -18,15 +18,12 @@ from PIL import Image
 
 from unirl_jax import checkpoint, optim, rewards, sharding, train_state
 from unirl_jax.data import prompts as prompt_lib
+from unirl_jax.data.pipeline import to_uint8
 from unirl_jax.rl import dm
 from unirl_jax.rl.advantages import group_advantages
 
 DEFAULT_PROMPTS = ("a red circle on a blue background", "a green square on a white background",
                    "a yellow triangle on a black background", "a blue circle on a yellow background")
-
-
-def to_uint8(images) -> np.ndarray:
-  return np.asarray(np.clip((np.asarray(images, np.float32) + 1) * 127.5 + 0.5, 0, 255), np.uint8)
 
 
 class GRPOTrainer:
