@@ -67,18 +67,24 @@ class PatchEmbed(nn.Module):
     return x
 
 
-class TimestepEmbedding(nn.Module):
-  """Mirrors diffusers' `TimestepEmbedding`: linear_1 -> SiLU -> linear_2."""
+class TwoLayerMLP(nn.Module):
+  """linear_1 -> activation -> linear_2: diffusers' `TimestepEmbedding` (SiLU) and `PixArtAlphaTextProjection`
+  (GELU, tanh approximation)."""
 
   dim: int
   dtype: Any
   param_dtype: Any
+  activation: str = "silu"
+  in_axis: str = "freq"
 
   @nn.compact
   def __call__(self, x):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    x = layers.dense(self.dim, ("freq", "embed"), name="linear_1", **kw)(x)
-    return layers.dense(self.dim, ("embed", "embed_out"), name="linear_2", **kw)(nn.silu(x))
+    x = layers.dense(self.dim, (self.in_axis, "embed"), name="linear_1", **kw)(x)
+    if self.activation not in ("silu", "gelu_tanh"):
+      raise ValueError(f"activation {self.activation!r} not 'silu' or 'gelu_tanh'")
+    x = nn.silu(x) if self.activation == "silu" else nn.gelu(x, approximate=True)
+    return layers.dense(self.dim, ("embed", "embed_out"), name="linear_2", **kw)(x)
 
 
 class TimeEmbed(nn.Module):
@@ -95,29 +101,15 @@ class TimeEmbed(nn.Module):
   def __call__(self, timestep, guidance, batch):
     cfg, kw = self.cfg, dict(dtype=self.dtype, param_dtype=self.param_dtype)
     t = jnp.broadcast_to(jnp.asarray(timestep, jnp.float32).reshape(-1), (batch,))
-    temb = TimestepEmbedding(cfg.inner_dim, name="timestep_embedder", **kw)(timestep_embedding(t).astype(self.dtype))
+    temb = TwoLayerMLP(cfg.inner_dim, name="timestep_embedder", **kw)(timestep_embedding(t).astype(self.dtype))
     if cfg.guidance_embeds:
       if guidance is None:
         raise ValueError("this SANA config has guidance_embeds=True: pass `guidance`")
       g = jnp.broadcast_to(jnp.asarray(guidance, jnp.float32).reshape(-1), (batch,))
-      temb = temb + TimestepEmbedding(cfg.inner_dim, name="guidance_embedder", **kw)(
+      temb = temb + TwoLayerMLP(cfg.inner_dim, name="guidance_embedder", **kw)(
           timestep_embedding(g).astype(self.dtype))
     t6 = layers.dense(6 * cfg.inner_dim, ("embed", "embed_out"), name="linear", **kw)(nn.silu(temb))
     return temb, t6
-
-
-class CaptionProjection(nn.Module):
-  """Mirrors `PixArtAlphaTextProjection`: linear_1 -> GELU(tanh) -> linear_2."""
-
-  dim: int
-  dtype: Any
-  param_dtype: Any
-
-  @nn.compact
-  def __call__(self, x):
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    x = layers.dense(self.dim, ("caption", "embed"), name="linear_1", **kw)(x)
-    return layers.dense(self.dim, ("embed", "embed_out"), name="linear_2", **kw)(nn.gelu(x, approximate=True))
 
 
 class LinearAttention(nn.Module):
@@ -250,7 +242,8 @@ class SanaTransformer(nn.Module):
       raise ValueError("ref_latents given but this SANA config has no reference branch (ref_branch=False)")
 
     temb, t6 = TimeEmbed(cfg, name="time_embed", **kw)(timestep, guidance, b)
-    ctx = CaptionProjection(cfg.inner_dim, name="caption_projection", **kw)(encoder_hidden_states.astype(dtype))
+    ctx = TwoLayerMLP(cfg.inner_dim, activation="gelu_tanh", in_axis="caption", name="caption_projection", **kw)(
+        encoder_hidden_states.astype(dtype))
     ctx = layers.RMSNorm(1e-5, axis_name="embed", name="caption_norm", **kw)(ctx)
     mask_bias = None
     if encoder_attention_mask is not None:
