@@ -15,6 +15,7 @@ def config(steps=4, data=2):
   c = t2i_jpeg_tiny.get_config()
   c.total_steps = steps
   c.dm.steps = 3
+  c.model.vae_fit_steps = 0  # what moves or resumes does not depend on the VAE
   c.progress = False
   c.train.checkpoint_every = 2
   c.train.sample_every = 2
@@ -52,12 +53,33 @@ def test_frozen_params_are_bit_identical_and_trained_ones_move(unbroken):
   assert sorted(os.listdir(os.path.join(wd, "samples"))) == ["step_000002.png", "step_000004.png"]
 
 
+def tensorboard_scalars(workdir):
+  from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+  mux = EventMultiplexer().AddRunsFromDirectory(os.path.join(workdir, "tensorboard"))
+  mux.Reload()
+  (run,) = mux.Runs()
+  return mux, run
+
+
+def test_tensorboard_holds_the_metrics_and_samples(unbroken):
+  _, _, wd = unbroken
+  mux, run = tensorboard_scalars(wd)
+  for key in ("reward_mean", "loss", "kl", "clip_frac", "grad_norm", "logp_mismatch"):
+    got = [(e.step, e.value) for e in mux.Scalars(run, key)]
+    want = [(r["step"], r[key]) for r in rows(wd)]
+    assert [s for s, _ in got] == [s for s, _ in want], key
+    np.testing.assert_allclose([v for _, v in got], [v for _, v in want], rtol=1e-6, err_msg=key)
+  assert [e.step for e in mux.Images(run, "samples")] == [2, 4]
+
+
 def test_killed_run_resumes_to_the_same_metrics(unbroken, tmp_path):
   _, _, wd = unbroken
   broken = str(tmp_path / "broken")
   GRPOTrainer(config(), broken).run(stop_after=3)  # killed one step after its step-2 checkpoint
   GRPOTrainer(config(), broken).run()
   assert rows(broken) == rows(wd)
+  mux, run = tensorboard_scalars(broken)  # the step-3 point of the killed run is dropped
+  assert [(e.step, e.value) for e in mux.Scalars(run, "loss")] == [(r["step"], r["loss"]) for r in rows(wd)]
 
 
 def test_update_on_8_devices_equals_one(tmp_path):

@@ -8,7 +8,6 @@ connector and queries; LM, ViT and VAE frozen (gradients still flow through the 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from typing import Optional
@@ -18,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from unirl_jax import checkpoint, optim, sharding, train_state
+from unirl_jax import checkpoint, metrics, optim, sharding, train_state
 from unirl_jax.data import pipeline as data_pipeline
 from unirl_jax.data import records as records_lib
 from unirl_jax.models import unified
@@ -128,7 +127,7 @@ class Pretrainer:
 
     def step(state, frozen, batch):
       rng = jax.random.fold_in(jax.random.PRNGKey(seed), state["step"])
-      loss_fn = lambda tr: flow_matching_loss(model, {**tr, **frozen}, batch, rng, lc, grid)
+      loss_fn = lambda tr: flow_matching_loss(model, train_state.merge(tr, frozen), batch, rng, lc, grid)
       (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["trainable"])
       gnorm = optax.global_norm(grads)
       finite = jnp.isfinite(loss) & jnp.isfinite(gnorm)
@@ -154,17 +153,15 @@ class Pretrainer:
     """Trains to config.train.total_steps (or stops after `stop_after`, as a killed run would)."""
     c = self.c
     it = iter(self.dataset.to_iter_dataset())
-    metrics_path = os.path.join(self.workdir, "metrics.jsonl")
     start = 0
     if self.ckpt.latest_step() is not None:
       self.state, extra = self.ckpt.restore(self.state, shardings=self.state_shardings, with_extra=True)
       it.set_state(extra["data"])
       start = int(self.state["step"])
       print(f"resumed from step {start} in {self.ckpt.manager.directory}")
-    train_state.truncate_metrics(metrics_path, start)
     history = []
     t0 = time.perf_counter()
-    with open(metrics_path, "a") as mf:
+    with metrics.MetricsLog(self.workdir, start, c.train.get("tensorboard", True)) as log:
       for step in range(start + 1, min(c.train.total_steps, stop_after or c.train.total_steps) + 1):
         batch = next(it)
         m = jax.device_get(self.train_step(batch))
@@ -175,8 +172,7 @@ class Pretrainer:
                "step_time": time.perf_counter() - t0}
         t0 = time.perf_counter()
         history.append(row)
-        mf.write(json.dumps(row) + "\n")
-        mf.flush()
+        log.write(row)
         if step % c.train.log_every == 0 or step == c.train.total_steps:
           print(f"step {step:5d}  loss {row['loss']:.4f}  grad_norm {row['grad_norm']:.3f}  lr {row['lr']:.2e}  "
                 f"{row['step_time']:.2f}s/step")
@@ -186,7 +182,7 @@ class Pretrainer:
     return history
 
   def params(self) -> dict:
-    return {**jax.device_get(self.state["trainable"]), **jax.device_get(self.frozen)}
+    return train_state.merge(jax.device_get(self.state["trainable"]), jax.device_get(self.frozen))
 
   def export(self, path: str) -> str:
     """A unified checkpoint dir of the current params (loadable by `python -m unirl_jax.generate`)."""

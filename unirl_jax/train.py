@@ -1,6 +1,6 @@
 """`python -m unirl_jax.train [--config configs/X.py] [--config.key=value ...] [--workdir DIR]`.
 
-With no flags it runs the tiny CPU default (flow-matching pretraining on a synthetic dataset). Restarting
+With no flags it runs the tiny CPU default: text-to-image GRPO with the JPEG-compressibility reward. Restarting
 with the same workdir resumes from its last checkpoint: params, optimizer, step and data position.
 """
 
@@ -13,7 +13,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_CONFIG = os.path.join(ROOT, "configs", "pretrain_tiny.py")
+DEFAULT_CONFIG = os.path.join(ROOT, "configs", "t2i_jpeg_tiny.py")
 
 _CONFIG = config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "an ml_collections config file", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints and metrics go (default: config.workdir)")

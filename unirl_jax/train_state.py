@@ -3,6 +3,8 @@ sharded train state {"trainable", "opt_state", "step"} whose scalars are replica
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -19,22 +21,80 @@ def build_model(model_cfg, seed: int):
     if not hasattr(unified, name):
       raise ValueError(f"model.init {model_cfg.init!r}: no preset {name!r} in unirl_jax.models.unified")
     model = unified.UnifiedModel(unified.with_execution(getattr(unified, name)(), **knobs))
-    return model, model.init_params(jax.random.PRNGKey(seed)), None
+    params = model.init_params(jax.random.PRNGKey(seed))
+    fit_steps = model_cfg.get("vae_fit_steps", 0)
+    if fit_steps:
+      # A random DC-AE decodes everything to white noise; fit it to the synthetic shapes (unirl_jax.vae_fit).
+      params["vae"] = _fitted_vae(name, model_cfg.dtype, fit_steps, seed)
+    return model, params, None
+  if model_cfg.get("vae_fit_steps", 0):
+    raise ValueError("model.vae_fit_steps only applies to a random preset init, not to a checkpoint")
   model, params = unified.load(model_cfg.init, **knobs)
   return model, params, model_cfg.init
 
 
+@functools.lru_cache(maxsize=2)
+def _fitted_vae(preset: str, dtype: str, steps: int, seed: int):
+  """The preset's VAE params at `seed`, fitted for `steps` (cached: a second trainer in-process reuses them)."""
+  from unirl_jax import vae_fit
+  model = unified.UnifiedModel(unified.with_execution(getattr(unified, preset)(), dtype=dtype))
+  vae = model.init_params(jax.random.PRNGKey(seed))["vae"]
+  return vae_fit.fit(model.vae, vae, steps, 8 * model.config.vae.spatial_compression_ratio, seed=seed)[0]
+
+
 def split(params: dict, trainable: tuple[str, ...]) -> tuple[dict, dict]:
-  unknown = set(trainable) - set(params)
-  if unknown:
-    raise ValueError(f"trainable groups {sorted(unknown)} not among {sorted(params)}")
-  return ({k: v for k, v in params.items() if k in trainable}, {k: v for k, v in params.items() if k not in trainable})
+  """-> (trainable, frozen) nested dicts. A name is a top-level group ("dit") or a path into one
+  ("lm/language_model": the LM decoder and embeddings without the vision tower)."""
+  trainable_tree, frozen = {}, params
+  for name in trainable:
+    path = name.split("/")
+    node = params
+    for i, key in enumerate(path):
+      if not isinstance(node, dict) or key not in node:
+        known = sorted(node) if isinstance(node, dict) else []
+        raise ValueError(f"trainable {name!r}: no {'/'.join(path[:i + 1])!r} in the params (known: {known})")
+      node = node[key]
+    trainable_tree = merge(trainable_tree, _nest(path, node))
+    frozen = _drop(frozen, path)
+  return trainable_tree, frozen
+
+
+def _nest(path, leaf):
+  for key in reversed(path):
+    leaf = {key: leaf}
+  return leaf
+
+
+def _drop(tree: dict, path) -> dict:
+  if len(path) == 1:
+    return {k: v for k, v in tree.items() if k != path[0]}
+  sub = _drop(tree[path[0]], path[1:])
+  return {k: v for k, v in tree.items() if k != path[0]} | ({path[0]: sub} if sub else {})
+
+
+def merge(a: dict, b: dict) -> dict:
+  """Deep union of two disjoint nested dicts (trainable + frozen -> the full params)."""
+  out = dict(a)
+  for k, v in b.items():
+    if k in out:
+      if not (isinstance(out[k], dict) and isinstance(v, dict)):
+        raise ValueError(f"merge: {k!r} is in both trees")
+      out[k] = merge(out[k], v)
+    else:
+      out[k] = v
+  return out
+
+
+def _like(full, tree):
+  """The part of `full` with the nesting of `tree` (its logical axes, say)."""
+  if isinstance(tree, dict) and isinstance(full, dict):
+    return {k: _like(full[k], v) for k, v in tree.items()}
+  return full
 
 
 def place(model: unified.UnifiedModel, tree: dict, mesh) -> dict:
   """Puts a subset of the unified params on the mesh by their logical axes."""
-  axes = model.logical_axes()
-  return jax.device_put(tree, sharding.param_shardings({k: axes[k] for k in tree}, mesh, shapes=tree))
+  return jax.device_put(tree, sharding.param_shardings(_like(model.logical_axes(), tree), mesh, shapes=tree))
 
 
 def init_state(trainable: dict, tx, mesh) -> tuple[dict, dict]:
@@ -53,15 +113,3 @@ def guarded_update(tx, state: dict, grads, finite):
   keep = lambda a, b: jax.tree.map(lambda x, y: jnp.where(finite, x, y), a, b)
   return {"trainable": keep(new, state["trainable"]), "opt_state": keep(opt_state, state["opt_state"]),
           "step": state["step"] + 1}
-
-
-def truncate_metrics(path: str, upto: int) -> None:
-  """On resume, drop metrics rows logged after the restored checkpoint so the file holds one clean curve."""
-  import json
-  import os
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    rows = [line for line in f if line.strip() and json.loads(line)["step"] <= upto]
-  with open(path, "w") as f:
-    f.writelines(rows)

@@ -20,12 +20,12 @@ def jpeg_kb(images: np.ndarray, quality: int = 95) -> np.ndarray:
 
 
 @register("jpeg_compressibility")
-def jpeg_compressibility(images, prompts=None):
+def jpeg_compressibility(images, prompts=None, completions=None):
   """−KB/500: smaller files score higher."""
   return -jpeg_kb(images) / 500.0
 
 
 @register("jpeg_incompressibility")
-def jpeg_incompressibility(images, prompts=None):
+def jpeg_incompressibility(images, prompts=None, completions=None):
   """KB: larger files score higher."""
   return jpeg_kb(images)

@@ -44,17 +44,14 @@ def guided_velocity(model: UnifiedModel, dit_params, x, cond, t, cfg: float, det
   return v_u + cfg * (v_c - v_u)
 
 
-def grouped_condition(model: UnifiedModel, params, input_ids, attention_mask, group_size: int):
-  """(B prompts) -> (B·G, queries, caption) in group-major order: prompt b's samples are contiguous."""
-  cond = model.condition(params, input_ids, attention_mask, task="t2i")
-  return jnp.repeat(cond, group_size, axis=0)
-
-
-def rollout(model: UnifiedModel, params, input_ids, attention_mask, group_size: int, rng, dc: DMConfig,
+def rollout(model: UnifiedModel, params, input_ids, attention_mask, rng, dc: DMConfig,
             latent_hw: tuple[int, int]) -> tuple[Rollout, jax.Array]:
-  """SDE sampling (no gradients): the trajectory and the decoded images in [-1, 1]."""
+  """SDE sampling (no gradients), one trajectory per prompt row: the trajectory and the images in [-1, 1].
+
+  Rows are the chat-templated prompts already repeated per sample (group-major), as the loss sees them.
+  """
   params = jax.lax.stop_gradient(params)
-  cond = grouped_condition(model, params, input_ids, attention_mask, group_size)
+  cond = model.condition(params, input_ids, attention_mask, task="t2i")
   k_x, k_sde = jax.random.split(rng)
   c = model.config.dit.in_channels
   x = jax.random.normal(k_x, (cond.shape[0],) + tuple(latent_hw) + (c,), jnp.float32).astype(cond.dtype)
@@ -64,17 +61,23 @@ def rollout(model: UnifiedModel, params, input_ids, attention_mask, group_size: 
   return roll, model.decode(params, roll.latents[-1])
 
 
-def dm_loss(model: UnifiedModel, params, ref_params, input_ids, attention_mask, roll: Rollout, advantages,
-            group_size: int, dc: DMConfig):
-  """L_pg + β·KL averaged over the SDE (sample, step) rows, recomputed on the stored trajectory.
+def denominator(roll: Rollout, rows: int):
+  """The number of trained (sample, step) rows: the loss's denominator, known before any micro-batch runs."""
+  return rows * jnp.sum(roll.sde_mask).astype(jnp.float32)
 
-  `advantages` (B·G,) are shared by every step of a trajectory. One on-policy update: ρ ≡ 1 (see
-  `dm_policy_loss`); the rollout-vs-recompute log-prob gap is reported as `logp_mismatch`.
+
+def dm_loss_sum(model: UnifiedModel, params, ref_params, input_ids, attention_mask, roll: Rollout, advantages,
+                dc: DMConfig):
+  """Σ over the SDE (sample, step) rows of L_pg + β·KL, recomputed on the stored trajectory; divide by
+  `denominator` (summed over micro-batches, this is exact).
+
+  `advantages` (rows,) are shared by every step of a trajectory. One on-policy update: ρ ≡ 1 (see
+  `dm_policy_loss`); the rollout-vs-recompute log-prob gap is reported as `logp_mismatch` (a max, not a sum).
   """
   sigmas, _ = dc.schedule()
   sigmas = jnp.asarray(sigmas)
-  cond = grouped_condition(model, params, input_ids, attention_mask, group_size)
-  cond_ref = jax.lax.stop_gradient(grouped_condition(model, ref_params, input_ids, attention_mask, group_size))
+  cond = model.condition(params, input_ids, attention_mask, task="t2i")
+  cond_ref = jax.lax.stop_gradient(model.condition(ref_params, input_ids, attention_mask, task="t2i"))
   b = cond.shape[0]
 
   def step(carry, i):
@@ -84,19 +87,17 @@ def dm_loss(model: UnifiedModel, params, ref_params, input_ids, attention_mask, 
     v_ref = jax.lax.stop_gradient(guided_velocity(model, ref_params["dit"], x, cond_ref, t, dc.cfg))
     out = sde_step(x, v, sigmas[i], sigmas[i + 1], sigmas[1], dc.noise_level, prev=prev, reduce=dc.log_prob_reduce)
     mask = jnp.broadcast_to(roll.sde_mask[i], (b,))
-    pg, n, st = dm_policy_loss(out.log_prob, None, advantages, dc.clip_eps, mask)
+    pg, _, st = dm_policy_loss(out.log_prob, None, advantages, dc.clip_eps, mask)
     if dc.kl == "mean":
       ref_mean = sde_step(x, v_ref, sigmas[i], sigmas[i + 1], sigmas[1], dc.noise_level, prev=prev).mean
       kl, _ = dm_kl(out.mean, ref_mean, out.std, mask)
     else:
       kl, _ = dm_kl(v, v_ref, 1.0, mask, kind="velocity")
     gap = jnp.max(jnp.where(mask, jnp.abs(out.log_prob - roll.log_probs[i]), 0.0))
-    pg_s, kl_s, n_s, gap_s = carry
-    return (pg_s + pg, kl_s + kl, n_s + n, jnp.maximum(gap_s, gap)), st["clip_count"]
+    pg_s, kl_s, clip_s, gap_s = carry
+    return (pg_s + pg, kl_s + kl, clip_s + st["clip_count"], jnp.maximum(gap_s, gap)), None
 
   body = jax.checkpoint(step) if dc.remat_steps else step
   zero = jnp.zeros((), jnp.float32)
-  (pg, kl, n, gap), clips = jax.lax.scan(body, (zero, zero, zero, zero), jnp.arange(roll.timesteps.shape[0]))
-  n = jnp.maximum(n, 1.0)
-  loss = pg / n + dc.beta * kl / n
-  return loss, {"policy_loss": pg / n, "kl": kl / n, "clip_frac": clips.sum() / n, "logp_mismatch": gap}
+  (pg, kl, clips, gap), _ = jax.lax.scan(body, (zero,) * 4, jnp.arange(roll.timesteps.shape[0]))
+  return pg + dc.beta * kl, {"policy_loss": pg, "kl": kl, "clip_frac": clips, "logp_mismatch": gap}

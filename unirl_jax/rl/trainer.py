@@ -16,24 +16,34 @@ import numpy as np
 import optax
 from PIL import Image
 
-from unirl_jax import checkpoint, optim, rewards, sharding, train_state
+from unirl_jax import checkpoint, metrics, optim, rewards, sharding, train_state
 from unirl_jax.data import prompts as prompt_lib
 from unirl_jax.data.pipeline import to_uint8
-from unirl_jax.rl import dm
+from unirl_jax.models.qwen2_5_vl.sampling import Sampler, SamplingConfig
+from unirl_jax.rl import dm, lm, update
 from unirl_jax.rl.advantages import group_advantages
+from unirl_jax.rl.losses import completion_mask
 
 DEFAULT_PROMPTS = ("a red circle on a blue background", "a green square on a white background",
                    "a yellow triangle on a black background", "a blue circle on a yellow background")
 
 
 class GRPOTrainer:
+  """config.task: "t2i" (Flow-GRPO on the DM) or "t2icot" (the LM writes a CoT, the whole dialogue conditions
+  the DM; one image per completion; the LM and DM losses share each trajectory's advantage)."""
+
   def __init__(self, config, workdir: str):
     c = self.c = config
+    self.task = c.get("task", "t2i")
+    if self.task not in ("t2i", "t2icot"):
+      raise ValueError(f"config.task {self.task!r} not one of 't2i', 't2icot'")
     self.workdir = os.path.abspath(workdir)
     os.makedirs(os.path.join(self.workdir, "samples"), exist_ok=True)
     self.mesh = sharding.make_mesh(sharding.MeshConfig(**c.mesh))
     self.model, params, tok_dir = train_state.build_model(c.model, c.seed)
     trainable, frozen = train_state.split(params, tuple(c.train.trainable))
+    if self.task == "t2icot" and "lm" not in trainable:
+      raise ValueError("task t2icot trains the LM: add 'lm/language_model' to train.trainable")
     self.frozen = train_state.place(self.model, frozen, self.mesh)
     # The reference policy: the initial trainable params; everything frozen is shared, not copied.
     self.ref_trainable = train_state.place(self.model, jax.tree.map(jnp.array, trainable), self.mesh)
@@ -41,111 +51,166 @@ class GRPOTrainer:
     self.state, self.state_shardings = train_state.init_state(train_state.place(self.model, trainable, self.mesh),
                                                               self.tx, self.mesh)
     self.dc = dm.DMConfig(**c.dm)
+    self.lc = lm.LMConfig(**c.lm) if "lm" in c else lm.LMConfig()
     f = self.model.config.vae.spatial_compression_ratio
     if c.image_size % f:
       raise ValueError(f"image_size {c.image_size} is not a multiple of the VAE compression {f}")
     self.latent_hw = (c.image_size // f, c.image_size // f)
-    self.reward_fn = rewards.get(c.reward)
-    self.prompts = list(c.prompts) or list(DEFAULT_PROMPTS)
+    rewards.names(c.reward)  # fail now on an unknown reward, not after the first rollout
+    if c.get("prompt_file"):
+      self.prompts = prompt_lib.read_prompt_file(c.prompt_file)
+    else:
+      self.prompts = list(c.prompts) or list(DEFAULT_PROMPTS)
     self.tok = self._tokenizer(tok_dir)
     self.ckpt = checkpoint.TrainCheckpoints(os.path.join(self.workdir, "checkpoints"),
                                             max_to_keep=c.train.keep_checkpoints)
     self._rollout = jax.jit(self._rollout_impl)
     self._update = jax.jit(self._update_impl, donate_argnums=(0,),
-                           in_shardings=(self.state_shardings,) + (None,) * 6, out_shardings=(self.state_shardings, None))
+                           in_shardings=(self.state_shardings, None, None, None), out_shardings=(self.state_shardings, None))
+    if self.task == "t2icot":
+      lmc = self.model.config.lm
+      self.sampler = Sampler(self.model.lm, SamplingConfig(
+          max_new_tokens=self.lc.max_new_tokens, temperature=self.lc.temperature, top_k=self.lc.top_k,
+          top_p=self.lc.top_p, eos_token_ids=tuple(lmc.eos_token_id), pad_token_id=lmc.pad_token_id))
 
   def _tokenizer(self, tok_dir):
     if tok_dir and os.path.exists(os.path.join(tok_dir, "tokenizer_config.json")):
       from transformers import AutoTokenizer
-      return AutoTokenizer.from_pretrained(tok_dir)
-    from unirl_jax import tokenizer
-    return tokenizer.qwen2_tokenizer()
+      tok = AutoTokenizer.from_pretrained(tok_dir)
+    else:
+      from unirl_jax import tokenizer
+      tok = tokenizer.qwen2_tokenizer()
+    tok.padding_side = "left"
+    tok.truncation_side = "left"  # keep the end of an over-long prompt (the original keeps the last tokens)
+    return tok
 
-  def prompt_batch(self, step: int):
-    """The prompts of `step`: a seeded permutation per pass over the prompt list (stateless, so resumable)."""
+  def captions(self, step: int) -> list[str]:
+    """The captions of `step`: a seeded permutation per pass over the prompt list (stateless, so resumable)."""
     n, b = len(self.prompts), self.c.prompts_per_step
     idx = []
     for j in range((step - 1) * b, step * b):
       epoch, pos = divmod(j, n)
       idx.append(int(np.random.RandomState([self.c.seed, epoch]).permutation(n)[pos]))
-    texts = [self.prompts[i] for i in idx]
-    enc = self.tok([prompt_lib.t2i(t) for t in texts], padding="max_length", max_length=self.c.max_text_len,
-                   truncation=True, return_tensors="np", add_special_tokens=False)
-    if (enc["attention_mask"][:, -1] == 0).any():
-      raise ValueError("prompt batch is not left-padded")
-    return texts, jnp.asarray(enc["input_ids"], jnp.int32), jnp.asarray(enc["attention_mask"], jnp.int32)
+    return [self.prompts[i] for i in idx]
+
+  def tokenize(self, texts: list[str], max_len: int, what: str = "max_text_len"):
+    """Left-padded (B, max_len) ids and mask. A prompt longer than max_len is an error naming the setting,
+    except for the CoT dialogue condition (what=None), which keeps its last max_len tokens like the original."""
+    if what is not None:
+      n = max(len(x) for x in self.tok(texts, add_special_tokens=False)["input_ids"])
+      if n > max_len:
+        raise ValueError(f"a prompt has {n} tokens, more than {what}={max_len}: raise it in the config")
+    enc = self.tok(texts, padding="max_length", max_length=max_len, truncation=True, return_tensors="np",
+                   add_special_tokens=False)
+    return jnp.asarray(enc["input_ids"], jnp.int32), jnp.asarray(enc["attention_mask"], jnp.int32)
+
+  def prompt_batch(self, step: int):
+    """(captions, ids, mask) of the text-to-image prompts of `step`, one row per trajectory (group-major)."""
+    texts = self.captions(step)
+    ids, mask = self.tokenize([prompt_lib.t2i(t) for t in texts], self.c.max_text_len)
+    g = self.c.group_size
+    return texts, jnp.repeat(ids, g, axis=0), jnp.repeat(mask, g, axis=0)
 
   def _rollout_impl(self, trainable, frozen, ids, mask, rng):
-    return dm.rollout(self.model, {**trainable, **frozen}, ids, mask, self.c.group_size, rng, self.dc, self.latent_hw)
+    return dm.rollout(self.model, train_state.merge(trainable, frozen), ids, mask, rng, self.dc, self.latent_hw)
 
-  def _update_impl(self, state, frozen, ref_trainable, ids, mask, roll, adv):
-    def loss_fn(tr):
-      return dm.dm_loss(self.model, {**tr, **frozen}, {**ref_trainable, **frozen}, ids, mask, roll, adv,
-                        self.c.group_size, self.dc)
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["trainable"])
+  def _update_impl(self, state, frozen, ref_trainable, batch):
+    loss, grads, m = update.grpo_grads(self.model, state["trainable"], frozen, ref_trainable, batch, self.dc,
+                                       self.lc, self.c.train.get("micro_batch", 0))
     gnorm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(gnorm)
     state = train_state.guarded_update(self.tx, state, grads, finite)
-    return state, {"loss": loss, "grad_norm": gnorm, "skipped": (~finite).astype(jnp.int32), **aux}
+    return state, {"loss": loss, "grad_norm": gnorm, "skipped": (~finite).astype(jnp.int32), **m}
 
-  def train_step(self, step: int) -> tuple[dict, np.ndarray]:
-    texts, ids, mask = self.prompt_batch(step)
-    rng = jax.random.fold_in(jax.random.PRNGKey(self.c.seed), step)
-    roll, images = self._rollout(self.state["trainable"], self.frozen, ids, mask, rng)
+  def cot_rollout(self, texts: list[str], rng):
+    """The LM's completions for the CoT prompts (G per caption), and the DM's condition rows built from them:
+    the whole decoded dialogue, special tokens stripped, re-tokenised without the chat template (§3.5)."""
+    g = self.c.group_size
+    p_ids, p_mask = self.tokenize([prompt_lib.t2i_cot(t) for t in texts], self.c.max_text_len)
+    p_ids, p_mask = jnp.repeat(p_ids, g, axis=0), jnp.repeat(p_mask, g, axis=0)
+    lm_params = train_state.merge(self.state["trainable"], self.frozen)["lm"]
+    out = jax.device_get(self.sampler(lm_params, p_ids, p_mask, rng=rng))
+    comp, lengths = out["tokens"], out["lengths"]
+    ids_np, mask_np = np.asarray(p_ids), np.asarray(p_mask)
+    completions = self.tok.batch_decode([comp[i, :lengths[i]] for i in range(len(comp))], skip_special_tokens=True)
+    dialogues = self.tok.batch_decode([np.concatenate([ids_np[i][mask_np[i] == 1], comp[i, :lengths[i]]])
+                                       for i in range(len(comp))], skip_special_tokens=True)
+    ids, mask = self.tokenize(dialogues, self.lc.max_cond_len, what=None)
+    comp = jnp.asarray(comp)
+    lm_batch = {"prompt_ids": p_ids, "prompt_mask": p_mask, "completion": comp,
+                "comp_mask": completion_mask(comp, self.model.config.lm.eos_token_id)}
+    return ids, mask, lm_batch, completions
+
+  def train_step(self, step: int) -> tuple[dict, np.ndarray, list]:
+    g = self.c.group_size
+    texts = self.captions(step)
+    k_lm, k_dm = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(self.c.seed), step))
+    if self.task == "t2icot":
+      ids, mask, batch, completions = self.cot_rollout(texts, k_lm)
+    else:
+      _, ids, mask = self.prompt_batch(step)
+      batch, completions = {}, None
+    roll, images = self._rollout(self.state["trainable"], self.frozen, ids, mask, k_dm)
     imgs = to_uint8(jax.device_get(images))
-    r = np.asarray(self.reward_fn(imgs, [t for t in texts for _ in range(self.c.group_size)]), np.float32)
-    adv = group_advantages(r, self.c.group_size, self.c.adv_std, self.c.adv_eps, self.c.adv_clip)
-    self.state, m = self._update(self.state, self.frozen, self.ref_trainable, ids, mask, roll, adv)
+    r, parts = rewards.score(self.c.reward, imgs, [t for t in texts for _ in range(g)], completions)
+    adv = group_advantages(r, g, self.c.adv_std, self.c.adv_eps, self.c.adv_clip)
+    batch.update(ids=ids, mask=mask, roll=roll, advantages=jnp.asarray(adv))
+    self.state, m = self._update(self.state, self.frozen, self.ref_trainable, batch)
     m = jax.device_get(m)
     a = np.asarray(adv)
     row = {"step": step, "reward_mean": float(r.mean()), "reward_std": float(r.std()),
            "adv_mean": float(a.mean()), "adv_abs_max": float(np.abs(a).max()), "loss": float(m["loss"]),
            **{k: float(v) for k, v in m.items() if k != "loss"}}
-    return row, imgs
+    if len(parts) > 1:
+      row.update({f"reward_{k}": float(v.mean()) for k, v in parts.items()})
+    return row, imgs, completions
 
   def run(self, stop_after=None) -> list[dict]:
     from tqdm import tqdm
     c = self.c
-    metrics_path = os.path.join(self.workdir, "metrics.jsonl")
     start = 0
     if self.ckpt.latest_step() is not None:
       self.state = self.ckpt.restore(self.state, shardings=self.state_shardings)
       start = int(self.state["step"])
-    train_state.truncate_metrics(metrics_path, start)
     last = min(c.total_steps, stop_after or c.total_steps)
     history = []
     bar = tqdm(range(start + 1, last + 1), initial=start, total=c.total_steps, desc="grpo", disable=not c.progress)
-    with open(metrics_path, "a") as mf:
+    with metrics.MetricsLog(self.workdir, start, c.train.get("tensorboard", True)) as log:
       for step in bar:
         t0 = time.perf_counter()
-        row, imgs = self.train_step(step)
+        row, imgs, completions = self.train_step(step)
         row["step_time"] = time.perf_counter() - t0
         history.append(row)
-        mf.write(json.dumps(row) + "\n")
-        mf.flush()
+        log.write(row)
         bar.set_postfix(reward=f"{row['reward_mean']:.3f}", s=f"{row['step_time']:.1f}")
         if c.train.sample_every and step % c.train.sample_every == 0:
-          save_grid(imgs, c.group_size, os.path.join(self.workdir, "samples", f"step_{step:06d}.png"))
+          path = os.path.join(self.workdir, "samples", f"step_{step:06d}.png")
+          grid = save_grid(imgs, c.group_size, path)
+          log.image("samples", step, open(path, "rb").read(), *grid.shape[:2])
+          if completions is not None:
+            with open(path[:-4] + ".json", "w") as f:
+              json.dump({"captions": self.captions(step), "completions": completions}, f, indent=1)
         if step % c.train.checkpoint_every == 0 or step == c.total_steps:
           self.ckpt.save(step, self.state, force=True)
     self.ckpt.wait()
     if last == c.total_steps:
-      rows = [json.loads(line) for line in open(metrics_path)]
+      rows = metrics.read(os.path.join(self.workdir, "metrics.jsonl"))
       plot_curve([r["step"] for r in rows], [r["reward_mean"] for r in rows],
                  os.path.join(self.workdir, "reward_curve.png"))
     return history
 
   def params(self) -> dict:
-    return {**jax.device_get(self.state["trainable"]), **jax.device_get(self.frozen)}
+    return train_state.merge(jax.device_get(self.state["trainable"]), jax.device_get(self.frozen))
 
 
-def save_grid(images: np.ndarray, cols: int, path: str) -> None:
+def save_grid(images: np.ndarray, cols: int, path: str) -> np.ndarray:
   n, h, w, _ = images.shape
   rows = -(-n // cols)
   grid = np.zeros((rows * h, cols * w, 3), np.uint8)
   for i, img in enumerate(images):
     grid[(i // cols) * h:(i // cols + 1) * h, (i % cols) * w:(i % cols + 1) * w] = img
   Image.fromarray(grid).save(path)
+  return grid
 
 
 def plot_curve(xs, ys, path: str, size=(480, 240)) -> None:

@@ -1,0 +1,75 @@
+"""Per-step metrics for the training loops: `metrics.jsonl` (one JSON object per step) and TensorBoard event
+files (`tensorboard --logdir WORKDIR/tensorboard`), both starting clean from the resumed step."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import numpy as np
+
+
+class MetricsLog:
+  """Context manager; `write(row)` logs every numeric field of `row` (which must hold "step") to both sinks."""
+
+  def __init__(self, workdir: str, resume_step: int = 0, tensorboard: bool = True):
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.tb_dir = os.path.join(workdir, "tensorboard")
+    self.resume_step = resume_step
+    self.tensorboard = tensorboard
+    self._f = self._tb = None
+
+  def __enter__(self):
+    truncate(self.path, self.resume_step)
+    self._f = open(self.path, "a")
+    if self.tensorboard:
+      from tensorboard.summary.writer.event_file_writer import EventFileWriter
+      from tensorboard.compat.proto import event_pb2
+      self._tb = EventFileWriter(self.tb_dir)
+      # A session START at the first new step makes TensorBoard drop points a killed run logged past its
+      # last checkpoint, as truncate() does for the JSONL.
+      self._tb.add_event(event_pb2.Event(wall_time=time.time(), step=self.resume_step + 1,
+                                         session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+    return self
+
+  def write(self, row: dict) -> None:
+    self._f.write(json.dumps(row) + "\n")
+    self._f.flush()
+    if self._tb is not None:
+      from tensorboard.compat.proto import event_pb2, summary_pb2
+      values = [summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in row.items()
+                if k != "step" and isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
+                and math.isfinite(float(v))]
+      self._tb.add_event(event_pb2.Event(wall_time=time.time(), step=int(row["step"]),
+                                         summary=summary_pb2.Summary(value=values)))
+
+  def image(self, tag: str, step: int, png: bytes, height: int, width: int) -> None:
+    """An encoded PNG as a TensorBoard image (the same grid that goes to samples/)."""
+    if self._tb is None:
+      return
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    img = summary_pb2.Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=png)
+    self._tb.add_event(event_pb2.Event(wall_time=time.time(), step=step,
+                                       summary=summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag,
+                                                                                                   image=img)])))
+
+  def __exit__(self, *exc):
+    self._f.close()
+    if self._tb is not None:
+      self._tb.close()
+
+
+def read(path: str) -> list[dict]:
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def truncate(path: str, upto: int) -> None:
+  """On resume, drop rows logged after the restored checkpoint so the file holds one clean curve."""
+  if not os.path.exists(path):
+    return
+  rows = [line for line in open(path) if line.strip() and json.loads(line)["step"] <= upto]
+  with open(path, "w") as f:
+    f.writelines(rows)

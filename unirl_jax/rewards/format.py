@@ -1,0 +1,19 @@
+"""The CoT format reward (unirl.md §5.5): 1 if the completion starts with `<answer>…</answer>` on its first line."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from unirl_jax.rewards import register
+
+_ANSWER = re.compile(r"<answer>.*?</answer>")  # re.match, no DOTALL: the answer must open the first line
+
+
+@register("format")
+def format_reward(images, prompts, completions=None):
+  if completions is None:
+    raise ValueError("the 'format' reward needs LM completions (a CoT task)")
+  return np.asarray([1.0 if _ANSWER.match(c.strip()) else 0.0 for c in completions], np.float32)
+
