@@ -49,6 +49,7 @@ def test_frozen_params_are_bit_identical_and_trained_ones_move(unbroken):
   assert [x["step"] for x in r] == [1, 2, 3, 4]
   assert all(np.isfinite(x["loss"]) and x["skipped"] == 0 for x in r)
   assert all(x["logp_mismatch"] < 1e-4 for x in r)  # rollout vs recomputation
+  assert all(x["ratio_min"] == 1.0 == x["ratio_max"] and x["approx_kl"] == 0.0 for x in r)  # on-policy
   assert os.path.exists(os.path.join(wd, "reward_curve.png"))
   assert sorted(os.listdir(os.path.join(wd, "samples"))) == ["step_000002.png", "step_000004.png"]
 

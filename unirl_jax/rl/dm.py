@@ -94,10 +94,13 @@ def dm_loss_sum(model: UnifiedModel, params, ref_params, input_ids, attention_ma
     else:
       kl, _ = dm_kl(v, v_ref, 1.0, mask, kind="velocity")
     gap = jnp.max(jnp.where(mask, jnp.abs(out.log_prob - roll.log_probs[i]), 0.0))
-    pg_s, kl_s, clip_s, gap_s = carry
-    return (pg_s + pg, kl_s + kl, clip_s + st["clip_count"], jnp.maximum(gap_s, gap)), None
+    pg_s, kl_s, clip_s, akl_s, gap_s, rmin, rmax = carry
+    return (pg_s + pg, kl_s + kl, clip_s + st["clip_count"], akl_s + st["approx_kl_sum"], jnp.maximum(gap_s, gap),
+            jnp.minimum(rmin, st["ratio_min"]), jnp.maximum(rmax, st["ratio_max"])), None
 
   body = jax.checkpoint(step) if dc.remat_steps else step
   zero = jnp.zeros((), jnp.float32)
-  (pg, kl, clips, gap), _ = jax.lax.scan(body, (zero,) * 4, jnp.arange(roll.timesteps.shape[0]))
-  return pg + dc.beta * kl, {"policy_loss": pg, "kl": kl, "clip_frac": clips, "logp_mismatch": gap}
+  init = (zero,) * 5 + (jnp.float32(jnp.inf), jnp.float32(-jnp.inf))
+  (pg, kl, clips, akl, gap, rmin, rmax), _ = jax.lax.scan(body, init, jnp.arange(roll.timesteps.shape[0]))
+  return pg + dc.beta * kl, {"policy_loss": pg, "kl": kl, "clip_frac": clips, "approx_kl": akl,
+                             "logp_mismatch": gap, "ratio_min": rmin, "ratio_max": rmax}

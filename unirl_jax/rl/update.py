@@ -11,6 +11,9 @@ from unirl_jax.rl import dm, lm
 from unirl_jax.train_state import merge
 
 
+COMBINE = {"logp_mismatch": jnp.maximum, "ratio_max": jnp.maximum, "ratio_min": jnp.minimum}  # others: sums
+
+
 def _chunks(x, m: int, axis: int = 0):
   """Splits `axis` (the rows) into (m, rows/m) and moves the micro-batch index to the front."""
   x = jnp.moveaxis(x, axis, 0)
@@ -54,15 +57,16 @@ def grpo_grads(model, trainable, frozen, ref_trainable, batch: dict, dc: dm.DMCo
   def body(carry, ch):
     g_acc, l_acc, s_acc = carry
     (loss, stats), g = jax.value_and_grad(loss_fn, has_aux=True)(trainable, ch)
-    s_new = {k: jnp.maximum(s_acc[k], v) if k == "logp_mismatch" else s_acc[k] + v for k, v in stats.items()}
+    s_new = {k: COMBINE.get(k, jnp.add)(s_acc[k], v) for k, v in stats.items()}
     return (jax.tree.map(jnp.add, g_acc, g), l_acc + loss, s_new), None
 
   stat_shapes = jax.eval_shape(loss_fn, trainable, jax.tree.map(lambda x: x[0], chunks))[1]
+  start = {"ratio_min": jnp.inf, "ratio_max": -jnp.inf}
   init = (jax.tree.map(jnp.zeros_like, trainable), jnp.zeros((), jnp.float32),
-          jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), stat_shapes))
+          {k: jnp.full(v.shape, start.get(k, 0), v.dtype) for k, v in stat_shapes.items()})
   (grads, loss, s), _ = jax.lax.scan(body, init, chunks)
-  metrics = {"policy_loss": s["policy_loss"] / dm_den, "kl": s["kl"] / dm_den, "clip_frac": s["clip_frac"] / dm_den,
-             "logp_mismatch": s["logp_mismatch"]}
+  metrics = {k: s[k] / dm_den for k in ("policy_loss", "kl", "clip_frac", "approx_kl")}
+  metrics.update({k: s[k] for k in ("logp_mismatch", "ratio_min", "ratio_max")})
   if with_lm:
     metrics.update(lm_loss=s["lm_loss"] / lm_den, lm_kl=s["lm_kl_tokens"] / jnp.maximum(s["lm_tokens"], 1.0),
                    completion_tokens=s["lm_tokens"] / rows)
