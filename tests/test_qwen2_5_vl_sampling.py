@@ -142,6 +142,20 @@ def test_sampling_follows_the_distribution(jax_model):
     assert abs((toks == t).mean() - p[t]) < 4 * np.sqrt(p[t] * (1 - p[t]) / 256) + 1e-3
 
 
+def test_top_k_top_p_sampling_follows_the_renormalised_distribution(jax_model):
+  """top-k then top-p (drawn among the k candidates): frequencies match the masked, renormalised softmax."""
+  model, params = jax_model
+  ids = np.full((512, 3), 7, np.int64)
+  ids[:, 1] = 9
+  sc = SamplingConfig(max_new_tokens=1, temperature=3.0, top_k=4, top_p=0.7, eos_token_ids=())
+  toks = np.asarray(Sampler(model, sc)(params, ids, rng=jax.random.PRNGKey(1))["tokens"][:, 0])
+  logits = model.apply({"params": params}, input_ids=jnp.asarray(ids[:1]))[:, -1]
+  p = np.asarray(jax.nn.softmax(filter_logits(logits, sc)))[0]
+  assert set(np.unique(toks)) <= set(np.flatnonzero(p > 0))
+  for t in np.flatnonzero(p > 0):
+    assert abs((toks == t).mean() - p[t]) < 4 * np.sqrt(p[t] * (1 - p[t]) / 512) + 1e-3
+
+
 def test_bad_sampling_config():
   with pytest.raises(ValueError, match="top_p"):
     SamplingConfig(top_p=0.0)

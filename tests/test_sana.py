@@ -252,3 +252,17 @@ def test_every_param_has_a_sharding_rule(name):
   leaves = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P))
   assert len(leaves) == len(jax.tree.leaves(sana.abstract_params(cfg)))
   sharding.param_shardings(specs, sharding.make_mesh(sharding.MeshConfig(2, 2, 2)))  # raises on unknown names
+
+
+def test_depthwise_conv_impls_agree():
+  """The CPU path (shifted multiply-adds) and the convolution compute the same thing, gradients included."""
+  from unirl_jax.models.layers import DepthwiseConv
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 5, 12))
+  conv = DepthwiseConv(12, 5, impl="conv")
+  params = conv.init(jax.random.PRNGKey(1), x)["params"]
+  params["bias"] = jax.random.normal(jax.random.PRNGKey(2), (12,))
+  f = lambda impl: (lambda p, x: DepthwiseConv(12, 5, impl=impl).apply({"params": p}, x))
+  np.testing.assert_allclose(f("shifted")(params, x), f("conv")(params, x), atol=1e-5, rtol=1e-5)
+  g = lambda impl: jax.grad(lambda p, x: jnp.sum(f(impl)(p, x) ** 2), argnums=(0, 1))(params, x)
+  for a, b in zip(jax.tree.leaves(g("shifted")), jax.tree.leaves(g("conv"))):
+    np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5)

@@ -28,12 +28,13 @@ def activation(name: Optional[str]):
 
 
 def conv(features: int, kernel: int, axes: tuple[Optional[str], Optional[str]], *, stride: int = 1,
-         groups: int = 1, use_bias: bool = True, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
+         use_bias: bool = True, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
          name: Optional[str] = None) -> nn.Conv:
-  """torch `nn.Conv2d(k, stride, padding=k // 2, groups)` in NHWC; kernel HWIO with logical names (-, -, in, out)."""
+  """torch `nn.Conv2d(k, stride, padding=k // 2)` in NHWC; kernel HWIO with logical names (-, -, in, out).
+  Grouped convolutions use layers.DepthwiseConv / GroupedConv1x1."""
   p = kernel // 2
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((p, p), (p, p)),
-                 feature_group_count=groups, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
+                 use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
                  kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), (None, None) + axes),
                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)))
 
@@ -108,8 +109,9 @@ class MultiscaleProjection(nn.Module):
   @nn.compact
   def __call__(self, qkv: jax.Array) -> jax.Array:  # (B, H, W, 3 * inner)
     c, kw = qkv.shape[-1], dict(dtype=self.dtype, param_dtype=self.param_dtype, use_bias=False)
-    h = conv(c, self.kernel_size, (None, "ae_heads"), groups=c, name="proj_in", **kw)(qkv)
-    return conv(c, 1, (None, "ae_heads"), groups=3 * self.num_heads, name="proj_out", **kw)(h)
+    h = layers.DepthwiseConv(c, self.kernel_size, "ae_heads", name="proj_in", **kw)(qkv)
+    return layers.GroupedConv1x1(c, 3 * self.num_heads, "ae_heads", name="proj_out", dtype=self.dtype,
+                                 param_dtype=self.param_dtype)(h)
 
 
 def relu_linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, eps: float) -> jax.Array:
@@ -165,7 +167,7 @@ class GLUMBConv(nn.Module):
     c, kw = x.shape[-1], dict(dtype=self.dtype, param_dtype=self.param_dtype)
     hid = int(self.expand_ratio * c)
     h = nn.silu(layers.dense(2 * hid, ("ae_embed", "ae_mlp"), name="conv_inverted", **kw)(x))
-    h = conv(2 * hid, 3, (None, "ae_mlp"), groups=2 * hid, name="conv_depth", **kw)(h)
+    h = layers.DepthwiseConv(2 * hid, 3, "ae_mlp", name="conv_depth", **kw)(h)
     h, gate = jnp.split(h, 2, axis=-1)
     h = layers.dense(c, ("ae_mlp", "ae_embed"), use_bias=False, name="conv_point", **kw)(h * nn.silu(gate))
     return layers.RMSNorm(eps=1e-5, use_bias=True, name="norm", **kw)(h) + x

@@ -96,3 +96,62 @@ class GatedMLP(nn.Module):
     g = dense(self.intermediate_size, self.axes, name="gate_proj", **kw)(x)
     u = dense(self.intermediate_size, self.axes, name="up_proj", **kw)(x)
     return dense(x.shape[-1], self.axes[::-1], name="down_proj", **kw)(nn.silu(g) * u)
+
+
+class DepthwiseConv(nn.Module):
+  """`nn.Conv(C, (k, k), padding=k // 2, feature_group_count=C)` with the same params (HWIO kernel (k, k, 1, C),
+  bias (C,)). impl "auto" computes it as k² shifted multiply-adds on CPU, where XLA's grouped convolution is
+  ~15x slower (forward and backward), and as a convolution elsewhere; "conv" / "shifted" force one."""
+
+  features: int
+  kernel_size: int
+  axis: Optional[str] = None  # logical name of the channel axis
+  use_bias: bool = True
+  impl: str = "auto"
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:  # (B, H, W, C)
+    k, c = self.kernel_size, self.features
+    kernel = self.param("kernel", nn.with_logical_partitioning(nn.initializers.lecun_normal(),
+                                                              (None, None, None, self.axis)), (k, k, 1, c),
+                        self.param_dtype)
+    bias = (self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), (self.axis,)), (c,),
+                       self.param_dtype) if self.use_bias else None)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    impl = self.impl if self.impl != "auto" else ("shifted" if jax.default_backend() == "cpu" else "conv")
+    p = k // 2
+    if impl == "conv":
+      y = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((p, p), (p, p)), feature_group_count=c,
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    elif impl == "shifted":
+      h, w = x.shape[1:3]
+      acc = jnp.promote_types(x.dtype, jnp.float32)  # accumulate like the convolution does (fp32 in bf16)
+      xp, kf = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))).astype(acc), kernel.astype(acc)
+      y = sum(xp[:, i:i + h, j:j + w] * kf[i, j, 0] for i in range(k) for j in range(k)).astype(x.dtype)
+    else:
+      raise ValueError(f"DepthwiseConv impl {self.impl!r} not one of auto, conv, shifted")
+    return y if bias is None else y + bias
+
+
+class GroupedConv1x1(nn.Module):
+  """`nn.Conv(C, (1, 1), feature_group_count=G, use_bias=False)` with the same kernel (1, 1, C/G, C), as a
+  per-group einsum (XLA:CPU's grouped convolution is slow, its gradient ~25x)."""
+
+  features: int
+  groups: int
+  axis: Optional[str] = None
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:  # (B, H, W, C)
+    c, g = self.features, self.groups
+    kernel = self.param("kernel", nn.with_logical_partitioning(nn.initializers.lecun_normal(),
+                                                              (None, None, None, self.axis)),
+                        (1, 1, x.shape[-1] // g, c), self.param_dtype)
+    x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+    w = kernel[0, 0].reshape(x.shape[-1] // g, g, c // g).transpose(1, 0, 2)  # (G, in/G, out/G)
+    y = jnp.einsum("...gi,gio->...go", x.reshape(x.shape[:-1] + (g, x.shape[-1] // g)), w)
+    return y.reshape(x.shape[:-1] + (c,))

@@ -176,9 +176,7 @@ class GLUMBConv(nn.Module):
     hidden = cfg.ff_hidden
     x = layers.dense(2 * hidden, ("embed", "mlp"), name="conv_inverted", **kw)(x)
     x = nn.silu(x)
-    x = nn.Conv(2 * hidden, (3, 3), padding=((1, 1), (1, 1)), feature_group_count=2 * hidden, name="conv_depth",
-                kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), (None, None, None, "mlp")),
-                bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("mlp",)), **kw)(x)
+    x = layers.DepthwiseConv(2 * hidden, 3, "mlp", name="conv_depth", **kw)(x)
     x, gate = jnp.split(x, 2, axis=-1)
     return layers.dense(cfg.inner_dim, ("mlp", "embed"), use_bias=False, name="conv_point", **kw)(x * nn.silu(gate))
 

@@ -256,3 +256,18 @@ def tiny_qwen_vocab(**kw) -> UnifiedConfig:
                       video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653,
                       bos_token_id=151643, eos_token_id=(151645,), pad_token_id=151643)
   return cfg.replace(lm=lm)
+
+
+def small(**kw) -> UnifiedConfig:
+  """A CPU-benchmark size (~60 M params, most of them the 151,936-row embedding): a 4-layer width-256 LM,
+  a 2-layer connector, a 4-layer width-256 SANA and the tiny DC-AE."""
+  cfg = tiny_qwen_vocab(**kw)
+  text = dataclasses.replace(cfg.lm.text, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+                             num_attention_heads=8, num_key_value_heads=2, mrope_section=(4, 6, 6))
+  lm = cfg.lm.replace(text=text, vision=dataclasses.replace(cfg.lm.vision, out_hidden_size=256))
+  c = cfg.vae.latent_channels
+  dit = sana_lib.tiny(in_channels=c, out_channels=c, num_attention_heads=8, attention_head_dim=32, num_layers=4,
+                      num_cross_attention_heads=8, cross_attention_head_dim=32, cross_attention_dim=256,
+                      caption_channels=128, sample_size=16, ref_branch=True)
+  return cfg.replace(lm=lm, connector=connector_lib.tiny(hidden_size=256, num_heads=4, intermediate_size=512,
+                                                         out_dim=128), dit=dit)

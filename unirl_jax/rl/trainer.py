@@ -13,7 +13,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from PIL import Image
 
 from unirl_jax import checkpoint, metrics, optim, rewards, sharding, train_state
@@ -115,12 +114,8 @@ class GRPOTrainer:
     return dm.rollout(self.model, train_state.merge(trainable, frozen), ids, mask, rng, self.dc, self.latent_hw)
 
   def _update_impl(self, state, frozen, ref_trainable, batch):
-    loss, grads, m = update.grpo_grads(self.model, state["trainable"], frozen, ref_trainable, batch, self.dc,
-                                       self.lc, self.c.train.get("micro_batch", 0))
-    gnorm = optax.global_norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(gnorm)
-    state = train_state.guarded_update(self.tx, state, grads, finite)
-    return state, {"loss": loss, "grad_norm": gnorm, "skipped": (~finite).astype(jnp.int32), **m}
+    return update.update_step(self.model, self.tx, self.dc, self.lc, self.c.train.get("micro_batch", 0), state,
+                              frozen, ref_trainable, batch)
 
   def cot_rollout(self, texts: list[str], rng):
     """The LM's completions for the CoT prompts (G per caption), and the DM's condition rows built from them:

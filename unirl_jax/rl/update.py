@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from unirl_jax.diffusion.sde import Rollout
 from unirl_jax.rl import dm, lm
+from unirl_jax import train_state
 from unirl_jax.train_state import merge
 
 
@@ -71,3 +73,13 @@ def grpo_grads(model, trainable, frozen, ref_trainable, batch: dict, dc: dm.DMCo
     metrics.update(lm_loss=s["lm_loss"] / lm_den, lm_kl=s["lm_kl_tokens"] / jnp.maximum(s["lm_tokens"], 1.0),
                    completion_tokens=s["lm_tokens"] / rows)
   return loss, grads, metrics
+
+
+def update_step(model, tx, dc: dm.DMConfig, lc: lm.LMConfig | None, micro_batch: int, state: dict, frozen,
+                ref_trainable, batch: dict):
+  """The jitted GRPO update: gradient, non-finite guard (the step is skipped and counted), optimizer."""
+  loss, grads, m = grpo_grads(model, state["trainable"], frozen, ref_trainable, batch, dc, lc, micro_batch)
+  gnorm = optax.global_norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+  state = train_state.guarded_update(tx, state, grads, finite)
+  return state, {"loss": loss, "grad_norm": gnorm, "skipped": (~finite).astype(jnp.int32), **m}

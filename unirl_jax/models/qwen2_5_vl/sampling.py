@@ -48,27 +48,43 @@ def filter_logits(logits: jax.Array, sc: SamplingConfig) -> jax.Array:
   logits = logits.astype(jnp.float32) / sc.temperature
   neg = jnp.finfo(jnp.float32).min
   if sc.top_k:
-    kth = jax.lax.top_k(logits, min(sc.top_k, logits.shape[-1]))[0][..., -1:]
+    # min over the k values, not [..., -1:]: slicing top_k's output makes XLA rewrite it into a full sort
+    kth = jnp.min(jax.lax.top_k(logits, min(sc.top_k, logits.shape[-1]))[0], axis=-1, keepdims=True)
     logits = jnp.where(logits < kth, neg, logits)
   if sc.top_p < 1.0:
     order = jnp.argsort(-logits, axis=-1)
-    sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
-    probs = jax.nn.softmax(sorted_logits, axis=-1)
-    mass_before = jnp.cumsum(probs, axis=-1) - probs
-    keep_sorted = mass_before < sc.top_p  # the most likely token is always kept
+    keep_sorted = _top_p_keep(jnp.take_along_axis(logits, order, axis=-1), sc.top_p)
     keep = jnp.zeros_like(keep_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(keep_sorted)
     logits = jnp.where(keep, logits, neg)
   return logits
 
 
+def _top_p_keep(sorted_logits: jax.Array, top_p: float) -> jax.Array:
+  """On logits sorted in descending order: keep while the mass before a token is below top_p (>= 1 kept)."""
+  probs = jax.nn.softmax(sorted_logits, axis=-1)
+  return (jnp.cumsum(probs, axis=-1) - probs) < top_p
+
+
 def _choose(logits: jax.Array, rng: jax.Array, sc: SamplingConfig) -> tuple[jax.Array, jax.Array]:
-  """(B, V) logits -> token (B,), log-prob (B,) of that token."""
+  """(B, V) logits -> token (B,), log-prob (B,) of that token.
+
+  With top-k, the draw is over the k candidates (top-p applied within them): the same distribution as masking
+  the whole vocabulary, without a vocabulary-sized Gumbel draw per step.
+  """
   if sc.greedy:
     tok = jnp.argmax(logits, axis=-1)
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   else:
-    tok = jax.random.categorical(rng, filter_logits(logits, sc), axis=-1)
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32) / sc.temperature, axis=-1)
+    scaled = logits.astype(jnp.float32) / sc.temperature
+    if sc.top_k:
+      vals, idx = jax.lax.top_k(scaled, min(sc.top_k, logits.shape[-1]))  # sorted, descending
+      if sc.top_p < 1.0:
+        vals = jnp.where(_top_p_keep(vals, sc.top_p), vals, jnp.finfo(jnp.float32).min)
+      pick = jax.random.categorical(rng, vals, axis=-1)
+      tok = jnp.take_along_axis(idx, pick[:, None], axis=-1)[:, 0]
+    else:
+      tok = jax.random.categorical(rng, filter_logits(logits, sc), axis=-1)
+    logp = jax.nn.log_softmax(scaled, axis=-1)
   return tok.astype(jnp.int32), jnp.take_along_axis(logp, tok[:, None], axis=-1)[:, 0]
 
 
@@ -85,11 +101,12 @@ class Sampler:
     b, t = input_ids.shape
     pos, deltas = get_rope_index(input_ids, grid, attention_mask, cfg)
     cache = init_cache(cfg, b, max_len, None if self.sc.cache_dtype is None else jnp.dtype(self.sc.cache_dtype))
-    logits, cache = self.model.apply({"params": params}, input_ids=input_ids, attention_mask=attention_mask,
-                                     pixel_values=pixel_values, image_grid_thw=grid, position_ids=pos,
-                                     cache=cache)
+    v = {"params": params}
+    embeds = self.model.apply(v, input_ids, pixel_values, grid, method="embed")
+    hidden, cache = self.model.apply(v, embeds, pos, attention_mask, cache, method="hidden_states")
+    logits = self.model.apply(v, hidden[:, -1], method="logits")  # the LM head on the last position only
     next_pos = deltas[:, 0] + attention_mask.sum(axis=1).astype(jnp.int32)  # max position + 1
-    return logits[:, -1], cache, next_pos
+    return logits, cache, next_pos
 
   def _decode_impl(self, params, cache, last_logits, next_pos, rng):
     sc, n = self.sc, self.sc.max_new_tokens
