@@ -18,6 +18,7 @@ def get_config():
   c.model.init = "preset:tiny_qwen_vocab"
   c.model.dtype = "float32"
   c.model.remat = "none"
+  c.model.frozen_dtype = None  # e.g. "bfloat16": frozen weights and the reference copy in bf16
   c.model.vae_fit_steps = 300  # fit the random tiny DC-AE to shapes first (unirl_jax.vae_fit), ~40 s
 
   c.prompt_file = ""  # .txt (one per line) or .jsonl ("prompt"); empty: `prompts`

@@ -16,6 +16,7 @@ def get_config():
   c.model.init = "ckpt/base"
   c.model.dtype = "bfloat16"  # bf16 compute, fp32 master weights
   c.model.remat = "full"
+  c.model.frozen_dtype = "bfloat16"  # frozen LM/ViT/VAE and the reference copy stored in bf16, as the original
   c.model.vae_fit_steps = 0
   c.prompt_file = "pickscore.txt"
   c.prompts_per_step = 8  # 8 GPUs x 1 prompt

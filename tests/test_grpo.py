@@ -91,3 +91,14 @@ def test_update_on_8_devices_equals_one(tmp_path):
   assert len(b.state["trainable"]["dit"]["proj_out"]["kernel"].sharding.device_set) == 8
   for x, y in zip(jax.tree.leaves(a.params()), jax.tree.leaves(b.params())):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5, rtol=1e-5)
+
+
+def test_frozen_weights_in_bf16(tmp_path):
+  c = config(steps=1, data=1)
+  c.model.frozen_dtype = "bfloat16"
+  t = GRPOTrainer(c, str(tmp_path))
+  (row,) = t.run()
+  dtypes = {x.dtype for x in jax.tree.leaves((t.frozen, t.ref_trainable))}
+  assert dtypes == {np.dtype(jax.numpy.bfloat16)}
+  assert {x.dtype for x in jax.tree.leaves(t.state["trainable"])} == {np.dtype(np.float32)}
+  assert np.isfinite(row["loss"]) and row["skipped"] == 0

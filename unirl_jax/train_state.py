@@ -113,3 +113,10 @@ def guarded_update(tx, state: dict, grads, finite):
   keep = lambda a, b: jax.tree.map(lambda x, y: jnp.where(finite, x, y), a, b)
   return {"trainable": keep(new, state["trainable"]), "opt_state": keep(opt_state, state["opt_state"]),
           "step": state["step"] + 1}
+
+
+def cast_floating(tree, dtype):
+  """Floating-point leaves to `dtype` (None: unchanged), e.g. frozen weights kept in bf16 like the original's."""
+  if dtype is None:
+    return tree
+  return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)

@@ -197,6 +197,8 @@ def compile_update(c) -> dict:
                                                       remat=c.model.remat))
   trainable, frozen = train_state.split(model.abstract_params(), tuple(c.train.trainable))
   tx = optim.adamw(c.optim, tuple(trainable))
+  fdt = c.model.get("frozen_dtype", None)
+  frozen, ref = (jax.eval_shape(lambda t: train_state.cast_floating(t, fdt), t) for t in (frozen, trainable))
   state = {"trainable": trainable, "opt_state": jax.eval_shape(tx.init, trainable),
            "step": jax.ShapeDtypeStruct((), jnp.int32)}
   rows = c.prompts_per_step * c.group_size
@@ -212,7 +214,7 @@ def compile_update(c) -> dict:
   fn = functools.partial(update.update_step, model, tx, dm.DMConfig(**c.dm), lm.LMConfig(),
                          c.train.get("micro_batch", 0))
   t0 = time.perf_counter()
-  lowered = jax.jit(fn, donate_argnums=(0,)).lower(state, frozen, trainable, batch)
+  lowered = jax.jit(fn, donate_argnums=(0,)).lower(state, frozen, ref, batch)
   lower_s = time.perf_counter() - t0
   compiled = lowered.compile()
   return {"lower_s": lower_s, "compile_s": time.perf_counter() - t0 - lower_s,

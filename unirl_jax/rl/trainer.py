@@ -43,9 +43,13 @@ class GRPOTrainer:
     trainable, frozen = train_state.split(params, tuple(c.train.trainable))
     if self.task == "t2icot" and "lm" not in trainable:
       raise ValueError("task t2icot trains the LM: add 'lm/language_model' to train.trainable")
-    self.frozen = train_state.place(self.model, frozen, self.mesh)
+    # Frozen weights and the reference copy may be stored in a lower precision (model.frozen_dtype, e.g. bf16 as
+    # the original holds them); the trainable params stay fp32 master weights.
+    fdt = c.model.get("frozen_dtype", None)
+    self.frozen = train_state.place(self.model, train_state.cast_floating(frozen, fdt), self.mesh)
     # The reference policy: the initial trainable params; everything frozen is shared, not copied.
-    self.ref_trainable = train_state.place(self.model, jax.tree.map(jnp.array, trainable), self.mesh)
+    self.ref_trainable = train_state.place(
+        self.model, train_state.cast_floating(jax.tree.map(jnp.array, trainable), fdt), self.mesh)
     self.tx = optim.adamw(c.optim, tuple(trainable))
     self.state, self.state_shardings = train_state.init_state(train_state.place(self.model, trainable, self.mesh),
                                                               self.tx, self.mesh)
