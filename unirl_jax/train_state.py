@@ -3,8 +3,6 @@ sharded train state {"trainable", "opt_state", "step"} whose scalars are replica
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -25,7 +23,7 @@ def build_model(model_cfg, seed: int):
     fit_steps = model_cfg.get("vae_fit_steps", 0)
     if fit_steps:
       # A random DC-AE decodes everything to white noise; fit it to the synthetic shapes (unirl_jax.vae_fit).
-      params["vae"] = _fitted_vae(name, model_cfg.dtype, fit_steps, seed)
+      params["vae"] = _fitted_vae(model, params["vae"], (name, model_cfg.dtype, fit_steps, seed), fit_steps, seed)
     return model, params, None
   if model_cfg.get("vae_fit_steps", 0):
     raise ValueError("model.vae_fit_steps only applies to a random preset init, not to a checkpoint")
@@ -33,13 +31,18 @@ def build_model(model_cfg, seed: int):
   return model, params, model_cfg.init
 
 
-@functools.lru_cache(maxsize=2)
-def _fitted_vae(preset: str, dtype: str, steps: int, seed: int):
-  """The preset's VAE params at `seed`, fitted for `steps` (cached: a second trainer in-process reuses them)."""
-  from unirl_jax import vae_fit
-  model = unified.UnifiedModel(unified.with_execution(getattr(unified, preset)(), dtype=dtype))
-  vae = model.init_params(jax.random.PRNGKey(seed))["vae"]
-  return vae_fit.fit(model.vae, vae, steps, 8 * model.config.vae.spatial_compression_ratio, seed=seed)[0]
+_FITTED_VAE: dict = {}
+
+
+def _fitted_vae(model: unified.UnifiedModel, vae_params, key: tuple, steps: int, seed: int):
+  """`vae_params` (fresh at `seed`) fitted for `steps`; cached under `key`, so a second trainer in the same
+  process reuses the fit instead of repeating it (only the latest fit is kept)."""
+  if key not in _FITTED_VAE:
+    from unirl_jax import vae_fit
+    _FITTED_VAE.clear()
+    image_size = 8 * model.config.vae.spatial_compression_ratio
+    _FITTED_VAE[key] = vae_fit.fit(model.vae, vae_params, steps, image_size, seed=seed)[0]
+  return _FITTED_VAE[key]
 
 
 def split(params: dict, trainable: tuple[str, ...]) -> tuple[dict, dict]:
