@@ -11,9 +11,15 @@ from unirl_jax import sharding
 from unirl_jax.models import unified
 
 
+def execution_knobs(model_cfg) -> dict:
+  """The `unified.with_execution` knobs a run config sets: compute dtype, remat policy and layers unrolled per
+  scan iteration (model.scan_unroll, default 1; >= the depth unrolls fully, which XLA:CPU runs faster)."""
+  return dict(dtype=model_cfg.dtype, remat=model_cfg.remat, scan_unroll=model_cfg.get("scan_unroll", 1))
+
+
 def build_model(model_cfg, seed: int):
   """-> (model, params, dir or None). model_cfg.init: "preset:NAME" (random) or a unified checkpoint dir."""
-  knobs = dict(dtype=model_cfg.dtype, remat=model_cfg.remat)
+  knobs = execution_knobs(model_cfg)
   if model_cfg.init.startswith("preset:"):
     name = model_cfg.init.split(":", 1)[1]
     if not hasattr(unified, name):

@@ -77,8 +77,10 @@ def run(config, compare: str | None = None, compile_only: bool = False, log=prin
 def compare_spec(config) -> dict:
   """The unified model's own component configs at the bench's batch sizes (SANA without UniRL's reference
   branch, which diffusers lacks)."""
+  from unirl_jax import train_state
   from unirl_jax.models import unified
-  cfg = unified.with_execution(getattr(unified, config.model.init.split(":", 1)[1])(), dtype="float32")
+  knobs = {**train_state.execution_knobs(config.model), "dtype": "float32"}
+  cfg = unified.with_execution(getattr(unified, config.model.init.split(":", 1)[1])(), **knobs)
   rows = config.prompts_per_step * config.group_size
   lh = config.image_size // cfg.vae.spatial_compression_ratio
   b = config.bench

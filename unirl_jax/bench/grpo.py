@@ -193,8 +193,7 @@ def compile_update(c) -> dict:
   """Lowers and compiles the real-size update on abstract shapes (no weights, no device memory):
   compile time and the compiled step's memory analysis."""
   name = c.model.init.split(":", 1)[1]
-  model = unified.UnifiedModel(unified.with_execution(getattr(unified, name)(), dtype=c.model.dtype,
-                                                      remat=c.model.remat))
+  model = unified.UnifiedModel(unified.with_execution(getattr(unified, name)(), **train_state.execution_knobs(c.model)))
   trainable, frozen = train_state.split(model.abstract_params(), tuple(c.train.trainable))
   tx = optim.adamw(c.optim, tuple(trainable))
   fdt = c.model.get("frozen_dtype", None)

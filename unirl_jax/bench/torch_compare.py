@@ -49,6 +49,11 @@ def _n_params(module) -> int:
   return sum(p.numel() for p in module.parameters())
 
 
+def _knobs(cfg) -> dict:
+  """The JAX-side execution knobs of `cfg` (remat, scan unroll, attention kernel) for the converted model."""
+  return {k: getattr(cfg, k) for k in ("remat", "scan_unroll", "attention_impl") if hasattr(cfg, k)}
+
+
 def _convert(kind: str, module, tmp: str) -> str:
   """save_pretrained + import into our format -> the converted dir."""
   from convert.pipeline import import_kind
@@ -155,7 +160,7 @@ def compare_sana(cfg, batch: int, hw: tuple[int, int], caption_len: int, repeats
   torch = _torch()
   m = _sana_torch(cfg, seed)
   with tempfile.TemporaryDirectory() as tmp:
-    model, params = sana.load(_convert("sana", m, tmp))
+    model, params = sana.load(_convert("sana", m, tmp), **_knobs(cfg))
   inp = _sana_inputs(cfg, batch, hw, caption_len, seed)
   args = tuple(jnp.asarray(inp[k]) for k in ("x", "ctx", "t", "mask", "target"))
   m.eval()
@@ -191,7 +196,7 @@ def compare_dc_ae(cfg, batch: int, latent_hw: tuple[int, int], repeats: int, see
   torch = _torch()
   m = _dc_ae_torch(cfg, seed)
   with tempfile.TemporaryDirectory() as tmp:
-    model, params = dc_ae.load(_convert("dc_ae", m, tmp))
+    model, params = dc_ae.load(_convert("dc_ae", m, tmp), **_knobs(cfg))
   h, w = latent_hw
   z = np.random.RandomState(seed).randn(batch, h, w, cfg.latent_channels).astype(np.float32)
   z_t, z_j = _nchw(z), jnp.asarray(z)
@@ -270,7 +275,7 @@ def compare_qwen_decode(cfg, batch: int, prompt_len: int, new_tokens: int, repea
   from unirl_jax.models import qwen2_5_vl
   m = _qwen_torch(cfg, seed)
   with tempfile.TemporaryDirectory() as tmp:
-    model, params = qwen2_5_vl.load(_convert("qwen2_5_vl", m, tmp))
+    model, params = qwen2_5_vl.load(_convert("qwen2_5_vl", m, tmp), **_knobs(cfg))
   ids = _qwen_prompt(cfg, batch, prompt_len, seed)
   jax_run, compile_s = _qwen_jax_generate(model, params, ids, new_tokens)
   torch_run = _qwen_torch_generate(m, ids, new_tokens, cfg.pad_token_id)
