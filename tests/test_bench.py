@@ -94,6 +94,8 @@ def test_analytic_flops_match_xla_on_unscanned_forwards():
   x, ctx, t = jnp.zeros((1, 16, 16, cfg.in_channels)), jnp.zeros((1, 20, 64)), jnp.zeros((1,))
   ratio = xla_flops(lambda p: m.apply({"params": p}, x, ctx, t, ref_latents=x), p) / flops.sana_forward(cfg, 16, 16, 20)
   assert 1.0 <= ratio < 1.05
+  ratio = xla_flops(lambda p: sana.SanaContext(cfg).apply({"params": p}, ctx), p) / flops.sana_context(cfg, 20)
+  assert 1.0 <= ratio < 1.05
 
   lc = qwen2_5_vl.tiny()
   lc = lc.replace(text=dataclasses.replace(lc.text, num_hidden_layers=1))

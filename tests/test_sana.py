@@ -266,3 +266,24 @@ def test_depthwise_conv_impls_agree():
   g = lambda impl: jax.grad(lambda p, x: jnp.sum(f(impl)(p, x) ** 2), argnums=(0, 1))(params, x)
   for a, b in zip(jax.tree.leaves(g("shifted")), jax.tree.leaves(g("conv"))):
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("knobs", [{}, {"qk_norm": "rms_norm_across_heads", "remat": "full", "scan_unroll": 2}])
+def test_precomputed_context_gives_the_same_velocity_and_gradient(knobs):
+  """SanaContext's per-layer caption K/V, fed back through `context=`, is the same forward and gradient as
+  the caption path inside the model (what lets a rollout compute them once)."""
+  cfg = sana.tiny(num_layers=2, **knobs)
+  params = sana.init_params(cfg, jax.random.PRNGKey(0))
+  m, c = sana.SanaTransformer(cfg), sana.SanaContext(cfg)
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, cfg.sample_size, cfg.sample_size, cfg.in_channels))
+  ehs = jax.random.normal(jax.random.PRNGKey(2), (2, 5, cfg.caption_channels))
+  mask, t = jnp.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]), jnp.array([100.0, 700.0])
+  direct = lambda p, e: m.apply({"params": p}, x, e, t, encoder_attention_mask=mask)
+  shared = lambda p, e: m.apply({"params": p}, x, None, t, context=c.apply({"params": p}, e, mask))
+  np.testing.assert_allclose(shared(params, ehs), direct(params, ehs), rtol=1e-6, atol=1e-6)
+  loss = lambda f: (lambda p, e: jnp.sum(f(p, e) ** 2))
+  for a, b in zip(jax.tree.leaves(jax.grad(loss(shared), argnums=(0, 1))(params, ehs)),
+                  jax.tree.leaves(jax.grad(loss(direct), argnums=(0, 1))(params, ehs))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="not both"):
+    m.apply({"params": params}, x, ehs, t, context=c.apply({"params": params}, ehs))

@@ -88,6 +88,14 @@ def sana_forward(cfg: SanaConfig, latent_h: int, latent_w: int, caption_tokens: 
   return embed + caption + cfg.num_layers * sana_block(cfg, tokens, caption_tokens) + out
 
 
+def sana_context(cfg: SanaConfig, caption_tokens: int) -> int:
+  """The part of `sana_forward` that depends only on the caption (`sana.SanaContext`): its projection and every
+  block's cross-attention K/V. A rollout computes it once; each step costs `sana_forward` minus this."""
+  d = cfg.inner_dim
+  return (linear(caption_tokens, cfg.caption_channels, d) + linear(caption_tokens, d, d)
+          + cfg.num_layers * 2 * linear(caption_tokens, d, d))
+
+
 # ---- DC-AE decoder ------------------------------------------------------------------------------------
 
 

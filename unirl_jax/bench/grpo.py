@@ -30,18 +30,20 @@ def phase_flops(cfg: unified.UnifiedConfig, c, rows: int, prompt_len: int, laten
   sde = steps if c.dm.sde_steps is None else min(c.dm.sde_steps, steps)
   lm_cond = rows * flops.lm_forward(cfg.lm.text, prompt_len + q)
   conn = rows * flops.connector(cfg.connector, q)
-  dit_call = 2 * rows * flops.sana_forward(cfg.dit, lh, lw, q)  # both CFG branches
-  ref = lm_cond + conn + sde * dit_call
+  # Both CFG branches; the caption K/V once per rollout (or loss), the rest per denoising step.
+  dit_ctx = 2 * rows * flops.sana_context(cfg.dit, q)
+  dit_step = 2 * rows * flops.sana_forward(cfg.dit, lh, lw, q) - dit_ctx
+  ref = lm_cond + conn + dit_ctx + sde * dit_step
   out = {
       "lm_prefill": rows * flops.lm_forward(cfg.lm.text, prompt_len, logits_tokens=1),
       "lm_decode": rows * flops.lm_decode(cfg.lm.text, prompt_len, c.bench.new_tokens),
       "lm_condition": lm_cond,
       "connector": conn,
-      "dit_rollout": steps * dit_call,
+      "dit_rollout": dit_ctx + steps * dit_step,
       "vae_decode": rows * flops.dc_ae_decode(cfg.vae, lh, lw),
       "ref_forward": ref,
       # backward = 2x forward for trained weights; the frozen LM still back-propagates activations (1x)
-      "update": (3 if lm_trainable else 2) * lm_cond + 3 * conn + 3 * sde * dit_call + ref,
+      "update": (3 if lm_trainable else 2) * lm_cond + 3 * conn + 3 * (dit_ctx + sde * dit_step) + ref,
   }
   out["step"] = lm_cond + conn + out["dit_rollout"] + out["vae_decode"] + out["update"]
   return out
@@ -115,7 +117,8 @@ def run(trainer, repeats: int, log=print) -> dict:
 
   @jax.jit
   def rollout(dit_params, cond, x0, k):
-    vel = lambda x, t: dm.guided_velocity(model, dit_params, x, cond, t, dc.cfg)
+    ctx = dm.guidance_context(model, dit_params, cond)
+    vel = lambda x, t: dm.guided_velocity(model, dit_params, x, ctx, t, dc.cfg)
     return sde_sample(vel, x0, sigmas, timesteps, k, dc.noise_level, dc.sde_steps, dc.log_prob_reduce)
 
   roll = timed("dit_rollout", lambda: rollout(params["dit"], cond, x0, key),
@@ -132,11 +135,11 @@ def run(trainer, repeats: int, log=print) -> dict:
 
   @jax.jit
   def ref_forward(ref, ids, mask, roll):
-    cond = model.condition(ref, ids, mask, task="t2i")
+    ctx = dm.guidance_context(model, ref["dit"], model.condition(ref, ids, mask, task="t2i"))
 
     def step(_, i):
       t = jnp.full((rows,), roll.timesteps[i])
-      return None, dm.guided_velocity(model, ref["dit"], roll.latents[i], cond, t, dc.cfg)
+      return None, dm.guided_velocity(model, ref["dit"], roll.latents[i], ctx, t, dc.cfg)
     return jax.lax.scan(step, None, jnp.arange(roll.timesteps.shape[0]))[1]
 
   timed("ref_forward", lambda: ref_forward(ref, ids, mask, roll))

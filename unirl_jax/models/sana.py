@@ -140,6 +140,17 @@ class LinearAttention(nn.Module):
     return layers.dense(cfg.inner_dim, ("heads", "embed"), name="to_out_0", **kw)(o)
 
 
+def _cross_kv(cfg: SanaConfig, ctx, kw):
+  """The caption tokens' keys and values for one block's cross-attention; call it inside the module named
+  `attn2` (params attn2/to_k, attn2/to_v, attn2/norm_k). ctx (B, S, D) -> k, v (B, S, H·Dh)."""
+  hd = cfg.num_cross_attention_heads * cfg.cross_attention_head_dim
+  k = layers.dense(hd, ("embed", "heads"), name="to_k", **kw)(ctx)
+  v = layers.dense(hd, ("embed", "heads"), name="to_v", **kw)(ctx)
+  if cfg.qk_norm:
+    k = layers.RMSNorm(1e-5, axis_name="heads", name="norm_k", **kw)(k)
+  return k, v
+
+
 class CrossAttention(nn.Module):
   """Mirrors `Attention` + `SanaAttnProcessor2_0`: softmax attention to the caption tokens, additive mask bias."""
 
@@ -148,16 +159,16 @@ class CrossAttention(nn.Module):
   param_dtype: Any
 
   @nn.compact
-  def __call__(self, x, ctx, mask_bias):  # x (B, N, D), ctx (B, S, D), mask_bias (B, 1, 1, S) or None
+  def __call__(self, x, ctx, mask_bias, kv=None):
+    """x (B, N, D); ctx (B, S, D), or None with `kv` = this block's precomputed (k, v) (`SanaContext`);
+    mask_bias (B, 1, 1, S) or None."""
     cfg, kw = self.cfg, dict(dtype=self.dtype, param_dtype=self.param_dtype)
     b, n, _ = x.shape
     h, d = cfg.num_cross_attention_heads, cfg.cross_attention_head_dim
     q = layers.dense(h * d, ("embed", "heads"), name="to_q", **kw)(x)
-    k = layers.dense(h * d, ("embed", "heads"), name="to_k", **kw)(ctx)
-    v = layers.dense(h * d, ("embed", "heads"), name="to_v", **kw)(ctx)
     if cfg.qk_norm:
       q = layers.RMSNorm(1e-5, axis_name="heads", name="norm_q", **kw)(q)
-      k = layers.RMSNorm(1e-5, axis_name="heads", name="norm_k", **kw)(k)
+    k, v = _cross_kv(cfg, ctx, kw) if kv is None else kv
     q, k, v = (t.reshape(b, t.shape[1], h, d) for t in (q, k, v))
     o = jax.nn.dot_product_attention(q, k, v, bias=mask_bias, implementation=cfg.attention_impl)
     return layers.dense(cfg.inner_dim, ("heads", "embed"), name="to_out_0", **kw)(o.reshape(b, n, h * d))
@@ -197,7 +208,7 @@ class SanaBlock(nn.Module):
   width: int
 
   @nn.compact
-  def __call__(self, x, t6, ctx, mask_bias):  # x (B, N, D); t6 (B, 6D)
+  def __call__(self, x, t6, ctx, mask_bias, kv=None):  # x (B, N, D); t6 (B, 6D); kv: see CrossAttention
     cfg, kw = self.cfg, dict(dtype=self.dtype, param_dtype=self.param_dtype)
     b, n, dim = x.shape
     table = self.param("scale_shift_table", nn.with_logical_partitioning(
@@ -207,21 +218,79 @@ class SanaBlock(nn.Module):
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (mod[:, i:i + 1] for i in range(6))
     h = _layer_norm(cfg.norm_eps, self.dtype, name="norm1")(x) * (1 + scale_msa) + shift_msa
     x = x + gate_msa * LinearAttention(cfg, name="attn1", **kw)(h.astype(x.dtype))
-    x = x + CrossAttention(cfg, name="attn2", **kw)(x, ctx, mask_bias)
+    x = x + CrossAttention(cfg, name="attn2", **kw)(x, ctx, mask_bias, kv)
     h = _layer_norm(cfg.norm_eps, self.dtype, cfg.norm_elementwise_affine, name="norm2")(x)
     h = h * (1 + scale_mlp) + shift_mlp
     ff = GLUMBConv(cfg, name="ff", **kw)(h.reshape(b, self.height, self.width, dim))
     return x + gate_mlp * ff.reshape(b, n, dim), None
 
 
+def _caption(cfg: SanaConfig, encoder_hidden_states, encoder_attention_mask, dtype, kw):
+  """Caption projection + norm (params caption_projection, caption_norm) and the mask as an additive bias."""
+  ctx = TwoLayerMLP(cfg.inner_dim, activation="gelu_tanh", in_axis="caption", name="caption_projection", **kw)(
+      encoder_hidden_states.astype(dtype))
+  ctx = layers.RMSNorm(1e-5, axis_name="embed", name="caption_norm", **kw)(ctx)
+  mask_bias = None
+  if encoder_attention_mask is not None:
+    m = jnp.asarray(encoder_attention_mask).astype(jnp.float32)
+    mask_bias = ((1.0 - m) * MASK_BIAS)[:, None, None, :].astype(dtype)
+  return ctx, mask_bias
+
+
+class _AttnKV(nn.Module):
+  """`_cross_kv` in a module of its own (named attn2 by `_BlockKV`)."""
+
+  cfg: SanaConfig
+  dtype: Any
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self, ctx):
+    return _cross_kv(self.cfg, ctx, dict(dtype=self.dtype, param_dtype=self.param_dtype))
+
+
+class _BlockKV(nn.Module):
+  """One block's cross-attention K/V under the block's own param names (transformer_blocks/attn2/...)."""
+
+  cfg: SanaConfig
+  dtype: Any
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self, ctx):
+    return ctx, _AttnKV(self.cfg, self.dtype, self.param_dtype, name="attn2")(ctx)
+
+
+class SanaContext(nn.Module):
+  """What every denoising step of one prompt batch shares: the projected caption's per-layer cross-attention
+  K/V and mask bias, computed once per rollout instead of once per step. Applied with the SANA params;
+  `SanaTransformer(..., context=...)` then skips the caption path. -> {"k", "v": (L, B, S, H·Dh), "mask_bias"}."""
+
+  config: SanaConfig
+
+  @nn.compact
+  def __call__(self, encoder_hidden_states, encoder_attention_mask=None):
+    cfg = self.config
+    dtype = dtype_of(cfg.dtype)
+    kw = dict(dtype=dtype, param_dtype=dtype_of(cfg.param_dtype))
+    ctx, mask_bias = _caption(cfg, encoder_hidden_states, encoder_attention_mask, dtype, kw)
+    blocks = nn.scan(_BlockKV, variable_axes={"params": 0}, split_rngs={"params": True}, length=cfg.num_layers,
+                     unroll=cfg.scan_unroll, metadata_params={nn.PARTITION_NAME: "layers"})
+    _, (k, v) = blocks(cfg, dtype, kw["param_dtype"], name="transformer_blocks")(ctx)
+    return {"k": k, "v": v, "mask_bias": mask_bias}
+
+
 class SanaTransformer(nn.Module):
-  """Mirrors diffusers' `SanaTransformer2DModel.forward`, NHWC: returns the velocity (B, H, W, out_channels)."""
+  """Mirrors diffusers' `SanaTransformer2DModel.forward`, NHWC: returns the velocity (B, H, W, out_channels).
+
+  Pass `context` (from `SanaContext`, same params) instead of `encoder_hidden_states`/`encoder_attention_mask`
+  to reuse the caption's K/V across denoising steps."""
 
   config: SanaConfig
 
   @nn.compact
   def __call__(self, hidden_states, encoder_hidden_states, timestep, encoder_attention_mask=None,
-               ref_latents=None, guidance=None):
+               ref_latents=None, guidance=None, context=None):
     cfg = self.config
     dtype, pdtype = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
     kw = dict(dtype=dtype, param_dtype=pdtype)
@@ -240,19 +309,19 @@ class SanaTransformer(nn.Module):
       raise ValueError("ref_latents given but this SANA config has no reference branch (ref_branch=False)")
 
     temb, t6 = TimeEmbed(cfg, name="time_embed", **kw)(timestep, guidance, b)
-    ctx = TwoLayerMLP(cfg.inner_dim, activation="gelu_tanh", in_axis="caption", name="caption_projection", **kw)(
-        encoder_hidden_states.astype(dtype))
-    ctx = layers.RMSNorm(1e-5, axis_name="embed", name="caption_norm", **kw)(ctx)
-    mask_bias = None
-    if encoder_attention_mask is not None:
-      m = jnp.asarray(encoder_attention_mask).astype(jnp.float32)
-      mask_bias = ((1.0 - m) * MASK_BIAS)[:, None, None, :].astype(dtype)
+    if context is None:
+      ctx, mask_bias = _caption(cfg, encoder_hidden_states, encoder_attention_mask, dtype, kw)
+      kv = None
+    elif encoder_hidden_states is not None or encoder_attention_mask is not None:
+      raise ValueError("pass either encoder_hidden_states (+ mask) or a precomputed context, not both")
+    else:
+      ctx, mask_bias, kv = None, context["mask_bias"], (context["k"], context["v"])
 
     block = layers.maybe_remat(SanaBlock, cfg.remat)
     blocks = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
-                     in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
+                     in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0), length=cfg.num_layers,
                      unroll=cfg.scan_unroll, metadata_params={nn.PARTITION_NAME: "layers"})
-    x, _ = blocks(cfg, dtype, pdtype, hh // p, ww // p, name="transformer_blocks")(x, t6, ctx, mask_bias)
+    x, _ = blocks(cfg, dtype, pdtype, hh // p, ww // p, name="transformer_blocks")(x, t6, ctx, mask_bias, kv)
 
     table = self.param("scale_shift_table", nn.with_logical_partitioning(
         lambda key, shape, dt: jax.random.normal(key, shape, dt) / cfg.inner_dim**0.5, (None, "embed")),

@@ -80,6 +80,7 @@ class UnifiedModel:
     self.lm = qwen2_5_vl.Qwen2_5_VL(config.lm)
     self.connector = connector_lib.Connector(config.connector)
     self.dit = sana_lib.SanaTransformer(config.dit)
+    self.dit_context = sana_lib.SanaContext(config.dit)
     self.vae = dc_ae_lib.DCAE(config.vae)
 
   # ---- params -----------------------------------------------------------------------------------
@@ -156,6 +157,11 @@ class UnifiedModel:
   def velocity(self, params, x_t, cond, timestep, ref_latents=None):
     """SANA velocity (ε − x₀ prediction) at flow time σ = timestep / 1000; NHWC latents."""
     return self.dit.apply({"params": params["dit"]}, x_t, cond, timestep, ref_latents=ref_latents)
+
+  def caption_context(self, dit_params, cond):
+    """SANA's caption K/V for every layer (`sana.SanaContext`): computed once, shared by all denoising steps
+    through `self.dit.apply(..., context=...)`."""
+    return self.dit_context.apply({"params": dit_params}, cond)
 
   def encode(self, params, images):
     """Images in [-1, 1], (B, H, W, 3) -> scaled latents (× scaling_factor, as UniRL)."""

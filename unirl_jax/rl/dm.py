@@ -33,11 +33,17 @@ class DMConfig:
     return FlowMatchSchedule(shift=self.shift).set_timesteps(self.steps)
 
 
-def guided_velocity(model: UnifiedModel, dit_params, x, cond, t, cfg: float, detach_uncond: bool = False):
-  """Two-way CFG in one batched DiT call; text-to-image feeds zero reference latents (UniRL's T2I input)."""
+def guidance_context(model: UnifiedModel, dit_params, cond):
+  """The caption K/V of both CFG branches (null rows first, then `cond`): once per rollout, not per step."""
+  return model.caption_context(dit_params, jnp.concatenate([model.null_condition(cond), cond]))
+
+
+def guided_velocity(model: UnifiedModel, dit_params, x, context, t, cfg: float, detach_uncond: bool = False):
+  """Two-way CFG in one batched DiT call over `guidance_context`'s rows; text-to-image feeds zero reference
+  latents (UniRL's T2I input)."""
   b = x.shape[0]
-  v = model.dit.apply({"params": dit_params}, jnp.concatenate([x, x]), jnp.concatenate([jnp.zeros_like(cond), cond]),
-                      jnp.concatenate([t, t]), ref_latents=jnp.zeros((2 * b,) + x.shape[1:], x.dtype))
+  v = model.dit.apply({"params": dit_params}, jnp.concatenate([x, x]), None, jnp.concatenate([t, t]),
+                      ref_latents=jnp.zeros((2 * b,) + x.shape[1:], x.dtype), context=context)
   v_u, v_c = v[:b], v[b:]
   if detach_uncond:
     v_u = jax.lax.stop_gradient(v_u)
@@ -56,7 +62,8 @@ def rollout(model: UnifiedModel, params, input_ids, attention_mask, rng, dc: DMC
   c = model.config.dit.in_channels
   x = jax.random.normal(k_x, (cond.shape[0],) + tuple(latent_hw) + (c,), jnp.float32).astype(cond.dtype)
   sigmas, timesteps = dc.schedule()
-  vel = lambda x, t: guided_velocity(model, params["dit"], x, cond, t, dc.cfg)
+  ctx = guidance_context(model, params["dit"], cond)
+  vel = lambda x, t: guided_velocity(model, params["dit"], x, ctx, t, dc.cfg)
   roll = sde_sample(vel, x, sigmas, timesteps, k_sde, dc.noise_level, dc.sde_steps, dc.log_prob_reduce)
   return roll, model.decode(params, roll.latents[-1])
 
@@ -77,14 +84,17 @@ def dm_loss_sum(model: UnifiedModel, params, ref_params, input_ids, attention_ma
   sigmas, _ = dc.schedule()
   sigmas = jnp.asarray(sigmas)
   cond = model.condition(params, input_ids, attention_mask, task="t2i")
-  cond_ref = jax.lax.stop_gradient(model.condition(ref_params, input_ids, attention_mask, task="t2i"))
+  cond_ref = model.condition(ref_params, input_ids, attention_mask, task="t2i")
   b = cond.shape[0]
+  # The caption K/V once for all steps; their gradient accumulates over the steps that read them.
+  ctx = guidance_context(model, params["dit"], cond)
+  ctx_ref = jax.lax.stop_gradient(guidance_context(model, ref_params["dit"], cond_ref))
 
   def step(carry, i):
     x, prev = roll.latents[i], roll.latents[i + 1]
     t = jnp.full((b,), roll.timesteps[i])
-    v = guided_velocity(model, params["dit"], x, cond, t, dc.cfg, dc.detach_uncond)
-    v_ref = jax.lax.stop_gradient(guided_velocity(model, ref_params["dit"], x, cond_ref, t, dc.cfg))
+    v = guided_velocity(model, params["dit"], x, ctx, t, dc.cfg, dc.detach_uncond)
+    v_ref = jax.lax.stop_gradient(guided_velocity(model, ref_params["dit"], x, ctx_ref, t, dc.cfg))
     out = sde_step(x, v, sigmas[i], sigmas[i + 1], sigmas[1], dc.noise_level, prev=prev, reduce=dc.log_prob_reduce)
     mask = jnp.broadcast_to(roll.sde_mask[i], (b,))
     pg, _, st = dm_policy_loss(out.log_prob, None, advantages, dc.clip_eps, mask)
