@@ -106,3 +106,21 @@ def test_real_size_preset_is_abstractly_initialisable():
   assert shapes["t2i_queries"].shape == (1, 256, 2048)
   n = {k: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(v)) for k, v in shapes.items()}
   assert 1.55e9 < n["dit"] < 1.70e9 and 500e6 < n["connector"] < 515e6
+
+
+def test_execution_knobs_per_sub_model():
+  """model.remat takes one policy or one per sub-model; bad names are errors that name the setting."""
+  import ml_collections
+  from unirl_jax import train_state
+  knobs = lambda remat: train_state.execution_knobs(ml_collections.ConfigDict({"dtype": "bfloat16", "remat": remat}))
+  cfg = unified.with_execution(unified.tiny(), **knobs("dit:full,lm:save_dots"))
+  assert (cfg.dit.remat, cfg.lm.remat, cfg.connector.remat) == ("full", "save_dots", "none")
+  assert {cfg.dit.dtype, cfg.lm.dtype, cfg.connector.dtype, cfg.vae.dtype} == {"bfloat16"}
+  cfg = unified.with_execution(unified.tiny(), **knobs("full"))
+  assert (cfg.dit.remat, cfg.lm.remat, cfg.connector.remat) == ("full",) * 3
+  with pytest.raises(ValueError, match="unknown sub-model"):
+    unified.with_execution(unified.tiny(), **knobs("dit:full,decoder:none"))
+  with pytest.raises(ValueError, match="model.remat"):
+    knobs("dit:full,dit:none")
+  with pytest.raises(ValueError, match="remat"):
+    unified.with_execution(unified.tiny(), **knobs("dit:sometimes"))

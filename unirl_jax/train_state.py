@@ -12,9 +12,25 @@ from unirl_jax.models import unified
 
 
 def execution_knobs(model_cfg) -> dict:
-  """The `unified.with_execution` knobs a run config sets: compute dtype, remat policy and layers unrolled per
+  """The `unified.with_execution` knobs a run config sets: compute dtype, remat policy (model.remat: one policy
+  for every layer stack, or per sub-model as "dit:full,lm:save_dots,connector:none") and layers unrolled per
   scan iteration (model.scan_unroll, default 1; >= the depth unrolls fully, which XLA:CPU runs faster)."""
-  return dict(dtype=model_cfg.dtype, remat=model_cfg.remat, scan_unroll=model_cfg.get("scan_unroll", 1))
+  return dict(dtype=model_cfg.dtype, remat=parse_per_module(model_cfg.remat, "model.remat"),
+              scan_unroll=model_cfg.get("scan_unroll", 1))
+
+
+def parse_per_module(spec: str, setting: str):
+  """"full" -> "full"; "dit:full,lm:none" -> {"dit": "full", "lm": "none"} (sub-models not named keep their
+  preset's value)."""
+  if ":" not in spec:
+    return spec
+  out = {}
+  for part in spec.split(","):
+    name, sep, value = (x.strip() for x in part.partition(":"))
+    if not sep or not name or not value or name in out:
+      raise ValueError(f"{setting} {spec!r}: expected one policy or 'module:policy,...' with each module once")
+    out[name] = value
+  return out
 
 
 def build_model(model_cfg, seed: int):

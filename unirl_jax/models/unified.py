@@ -210,11 +210,28 @@ def config_from_dict(d: dict, **overrides) -> UnifiedConfig:
                        **{k: d[k] for k in ("num_queries", "positions", "ref_keep") if k in d}, **overrides)
 
 
+EXEC_MODULES = ("lm", "connector", "dit", "vae")
+_VAE_KNOBS = ("dtype", "param_dtype")  # the DC-AE has no layer stack to remat or scan
+
+
 def with_execution(cfg: UnifiedConfig, **knobs) -> UnifiedConfig:
-  """Sets dtype/remat/... on every sub-model at once (e.g. dtype="bfloat16", remat="full")."""
-  return cfg.replace(lm=cfg.lm.replace(**knobs), connector=cfg.connector.replace(**knobs),
-                     dit=cfg.dit.replace(**knobs), vae=cfg.vae.replace(**{k: v for k, v in knobs.items()
-                                                                          if k in ("dtype", "param_dtype")}))
+  """Sets dtype/remat/... on the sub-models: a value applies to all of them (e.g. dtype="bfloat16",
+  remat="full"), a dict to the ones it names (e.g. remat={"dit": "full", "lm": "save_dots"})."""
+  per = {m: {} for m in EXEC_MODULES}
+  for k, v in knobs.items():
+    if isinstance(v, dict):
+      unknown = set(v) - set(EXEC_MODULES)
+      if unknown:
+        raise ValueError(f"{k}: unknown sub-model(s) {sorted(unknown)}; expected some of {EXEC_MODULES}")
+      if "vae" in v and k not in _VAE_KNOBS:
+        raise ValueError(f"{k}: the vae takes only {_VAE_KNOBS}")
+      for m, mv in v.items():
+        per[m][k] = mv
+    else:
+      for m in EXEC_MODULES:
+        if m != "vae" or k in _VAE_KNOBS:
+          per[m][k] = v
+  return cfg.replace(**{m: getattr(cfg, m).replace(**per[m]) for m in EXEC_MODULES})
 
 
 def save(path: str, cfg: UnifiedConfig, params: dict, side_files_from: str | None = None,
