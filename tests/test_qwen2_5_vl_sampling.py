@@ -167,3 +167,27 @@ def test_right_padding_is_rejected(jax_model):
   model, params = jax_model
   with pytest.raises(ValueError, match="left-padded"):
     generate(model, params, np.array([[5, 6, 0]]), np.array([[1, 1, 0]]), greedy=True, max_new_tokens=2)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_unscanned_decoding_form_equals_the_scanned_model(dtype):
+  """The Sampler's form (layers_i modules over `unstack_layers` params, one cache array per layer) computes
+  what the scanned model does, prefill and a cached step, fp32 up to rounding, bf16 within a few ulps."""
+  from unirl_jax.models.qwen2_5_vl.text import unstack_layers
+  cfg = qwen2_5_vl.tiny().replace(dtype=dtype)
+  params = qwen2_5_vl.init_params(cfg, jax.random.PRNGKey(0))
+  scanned, flat = qwen2_5_vl.Qwen2_5_VL(cfg), qwen2_5_vl.Qwen2_5_VL(cfg.replace(scan_layers=False))
+  flat_params = unstack_layers(cfg, params)
+  assert "layers" not in flat_params["language_model"]
+  assert {x.dtype for x in jax.tree.leaves(flat_params["language_model"])} == {jnp.dtype(dtype)}
+  ids = jax.random.randint(jax.random.PRNGKey(1), (2, 7), 0, 100)
+  pos = jnp.broadcast_to(jnp.arange(7)[None, None], (3, 2, 7))
+  tol = dict(rtol=1e-5, atol=1e-5) if dtype == "float32" else dict(rtol=1e-2, atol=1e-2)
+  outs = []
+  for m, p in ((scanned, params), (flat, flat_params)):
+    cache = qwen2_5_vl.init_cache(m.config, 2, 8)
+    logits, cache = m.apply({"params": p}, ids, position_ids=pos, cache=cache)
+    step, cache = m.apply({"params": p}, ids[:, :1], position_ids=pos[:, :, :1] + 7, cache=cache)
+    outs.append((logits, step, np.stack([np.asarray(c, np.float32) for c in cache["k"]])))
+  for a, b in zip(*outs):
+    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), **tol)

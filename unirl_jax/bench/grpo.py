@@ -183,9 +183,10 @@ def memory_analysis(compiled) -> dict | None:
 
 
 def _decode_bytes(cfg: unified.UnifiedConfig, lm_params, rows: int, prompt_len: int, n_new: int, cache_dtype) -> int:
-  """HBM bytes a decode must read: the text weights once per step, plus the KV cache up to each position."""
+  """HBM bytes a decode must read: the text weights once per step (in the compute dtype: the Sampler casts its
+  unstacked copy once per call), plus the KV cache up to each position."""
   text = lm_params["language_model"]
-  w = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(text))
+  w = sum(x.size * _dtype_bytes(cfg.lm.dtype) for x in jax.tree.leaves(text))
   t = cfg.lm.text
   kv_b = _dtype_bytes(cache_dtype or cfg.lm.dtype)
   per_pos = rows * t.num_hidden_layers * 2 * t.num_key_value_heads * t.head_dim * kv_b

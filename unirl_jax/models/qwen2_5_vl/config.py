@@ -77,6 +77,9 @@ class Qwen2_5_VLConfig:
   param_dtype: str = "float32"
   remat: str = "none"  # one of REMAT_POLICIES, applied per decoder layer / vision block
   scan_unroll: int = 1  # layers run under nn.scan; >1 unrolls that many per iteration
+  # False: the text decoder's layers are separate modules (params layers_0, layers_1, ...; a KV cache of one
+  # array per layer) — the Sampler's decoding form, so no step slices stacked weights or restacks the cache.
+  scan_layers: bool = True
   attention_impl: Optional[str] = None  # None (let JAX pick), "xla" or "cudnn"
 
   def __post_init__(self):

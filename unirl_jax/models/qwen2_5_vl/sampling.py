@@ -18,7 +18,7 @@ import numpy as np
 
 from unirl_jax.models.qwen2_5_vl.model import Qwen2_5_VL, grid_tuple
 from unirl_jax.models.qwen2_5_vl.rope import get_rope_index
-from unirl_jax.models.qwen2_5_vl.text import init_cache
+from unirl_jax.models.qwen2_5_vl.text import init_cache, unstack_layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,22 +89,30 @@ def _choose(logits: jax.Array, rng: jax.Array, sc: SamplingConfig) -> tuple[jax.
 
 
 class Sampler:
-  """Holds the jitted prefill and decode for one model and sampling config (compiled once per shape)."""
+  """Holds the jitted prefill and decode for one model and sampling config (compiled once per shape).
+
+  Both take the model's own params. Inside, the text layers run unscanned on an unstacked copy in the compute
+  dtype (`unstack_layers`, once per call), with one cache array per layer: no decode step slices stacked
+  weights out or copies the whole cache through a layer scan."""
 
   def __init__(self, model: Qwen2_5_VL, sc: SamplingConfig):
     self.model, self.sc = model, sc
+    self._dmodel = Qwen2_5_VL(model.config.replace(scan_layers=False))
     self._prefill = jax.jit(self._prefill_impl, static_argnames=("grid", "max_len"))
     self._decode = jax.jit(self._decode_impl, donate_argnames=("cache",))
 
+  def _decoding_params(self, params):
+    return unstack_layers(self.model.config, params) if self.model.config.scan_layers else params
+
   def _prefill_impl(self, params, input_ids, attention_mask, pixel_values, grid, max_len):
-    cfg = self.model.config
+    cfg = self._dmodel.config
     b, t = input_ids.shape
     pos, deltas = get_rope_index(input_ids, grid, attention_mask, cfg)
     cache = init_cache(cfg, b, max_len, None if self.sc.cache_dtype is None else jnp.dtype(self.sc.cache_dtype))
-    v = {"params": params}
-    embeds = self.model.apply(v, input_ids, pixel_values, grid, method="embed")
-    hidden, cache = self.model.apply(v, embeds, pos, attention_mask, cache, method="hidden_states")
-    logits = self.model.apply(v, hidden[:, -1], method="logits")  # the LM head on the last position only
+    v = {"params": self._decoding_params(params)}
+    embeds = self._dmodel.apply(v, input_ids, pixel_values, grid, method="embed")
+    hidden, cache = self._dmodel.apply(v, embeds, pos, attention_mask, cache, method="hidden_states")
+    logits = self._dmodel.apply(v, hidden[:, -1], method="logits")  # the LM head on the last position only
     next_pos = deltas[:, 0] + attention_mask.sum(axis=1).astype(jnp.int32)  # max position + 1
     return logits, cache, next_pos
 
@@ -112,6 +120,7 @@ class Sampler:
     sc, n = self.sc, self.sc.max_new_tokens
     b = last_logits.shape[0]
     eos = jnp.asarray(sc.eos_token_ids or (-1,), jnp.int32)
+    params = self._decoding_params(params)  # before the loop: every step reads the same per-layer arrays
 
     def cond(state):
       i, _, _, done, *_ = state
@@ -127,8 +136,8 @@ class Sampler:
       logps = logps.at[:, i].set(logp)
       done = done | jnp.isin(tok, eos)
       pos = jnp.broadcast_to((next_pos + i)[None, :, None], (3, b, 1))
-      out, cache = self.model.apply({"params": params}, input_ids=tok[:, None], attention_mask=jnp.ones((b, 1), bool),
-                                    position_ids=pos, cache=cache)
+      out, cache = self._dmodel.apply({"params": params}, input_ids=tok[:, None],
+                                      attention_mask=jnp.ones((b, 1), bool), position_ids=pos, cache=cache)
       return i + 1, tokens, logps, done, cache, out[:, -1], rng
 
     state = (jnp.int32(0), jnp.full((b, n), sc.pad_token_id, jnp.int32), jnp.zeros((b, n), jnp.float32),

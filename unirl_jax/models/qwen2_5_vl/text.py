@@ -13,7 +13,8 @@ from unirl_jax.models.qwen2_5_vl.config import Qwen2_5_VLConfig, TextConfig, dty
 from unirl_jax.models.qwen2_5_vl.rope import mrope_cos_sin
 
 # A KV cache is a plain dict pytree:
-#   k, v:  (layers, B, S, kv_heads, head_dim)  keys/values of every slot written so far
+#   k, v:  (layers, B, S, kv_heads, head_dim)  keys/values of every slot written so far (scan_layers=False:
+#          a tuple of one (B, S, kv_heads, head_dim) array per layer)
 #   mask:  (B, S) bool                          which slots hold real (non-padding) tokens
 #   index: () int32                             next slot to write (all rows advance together)
 
@@ -21,9 +22,23 @@ from unirl_jax.models.qwen2_5_vl.rope import mrope_cos_sin
 def init_cache(cfg: Qwen2_5_VLConfig, batch: int, max_len: int, dtype=None) -> dict:
   t = cfg.text
   dtype = dtype or dtype_of(cfg.dtype)
-  shape = (t.num_hidden_layers, batch, max_len, t.num_key_value_heads, t.head_dim)
-  return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
-          "mask": jnp.zeros((batch, max_len), bool), "index": jnp.zeros((), jnp.int32)}
+  shape = (batch, max_len, t.num_key_value_heads, t.head_dim)
+  if cfg.scan_layers:
+    k = v = jnp.zeros((t.num_hidden_layers,) + shape, dtype)
+  else:
+    k, v = (tuple(jnp.zeros(shape, dtype) for _ in range(t.num_hidden_layers)) for _ in range(2))
+  return {"k": k, "v": v, "mask": jnp.zeros((batch, max_len), bool), "index": jnp.zeros((), jnp.int32)}
+
+
+def unstack_layers(cfg: Qwen2_5_VLConfig, params: dict) -> dict:
+  """Params of the scanned model -> those of `cfg.replace(scan_layers=False)`: layer i's slice as layers_i, and
+  the text weights cast to the compute dtype once (every use casts them to it anyway)."""
+  dt = dtype_of(cfg.dtype)
+  text = dict(params["language_model"])
+  stacked = text.pop("layers")
+  for i in range(cfg.text.num_hidden_layers):
+    text[f"layers_{i}"] = jax.tree.map(lambda a, i=i: a[i], stacked)
+  return {**params, "language_model": jax.tree.map(lambda a: a.astype(dt), text)}
 
 
 class Attention(nn.Module):
@@ -100,11 +115,14 @@ class TextModel(nn.Module):
         cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=pdtype,
         embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")))
     block = layers.maybe_remat(DecoderLayer, top.remat)
-    self.layers = nn.scan(
-        block, variable_axes={"params": 0}, split_rngs={"params": True},
-        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_hidden_layers,
-        unroll=top.scan_unroll, metadata_params={nn.PARTITION_NAME: "layers"})(
-            cfg, dtype, pdtype, top.attention_impl)
+    if top.scan_layers:
+      self.layers = nn.scan(
+          block, variable_axes={"params": 0}, split_rngs={"params": True},
+          in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_hidden_layers,
+          unroll=top.scan_unroll, metadata_params={nn.PARTITION_NAME: "layers"})(
+              cfg, dtype, pdtype, top.attention_impl)
+    else:  # named layers_0, layers_1, ... (see unstack_layers)
+      self.layers = [block(cfg, dtype, pdtype, top.attention_impl) for _ in range(cfg.num_hidden_layers)]
     self.norm = layers.RMSNorm(cfg.rms_norm_eps, dtype=dtype, param_dtype=pdtype, axis_name="embed")
 
   def embed(self, input_ids):
@@ -128,7 +146,17 @@ class TextModel(nn.Module):
       key_mask = jax.lax.dynamic_update_slice(cache["mask"], attention_mask, (0, index))
       mask = attention_mask_4d(key_mask, t, index)
       layer_cache = (cache["k"], cache["v"])
-    x, layer_cache = self.layers(inputs_embeds, layer_cache, cos, sin, mask, index)
+    if self.config.scan_layers:
+      x, layer_cache = self.layers(inputs_embeds, layer_cache, cos, sin, mask, index)
+    else:
+      x, ks, vs = inputs_embeds, [], []
+      for i, layer in enumerate(self.layers):
+        x, c = layer(x, None if layer_cache is None else (layer_cache[0][i], layer_cache[1][i]), cos, sin, mask,
+                     index)
+        if c is not None:
+          ks.append(c[0])
+          vs.append(c[1])
+      layer_cache = (tuple(ks), tuple(vs)) if layer_cache is not None else None
     x = self.norm(x)
     if cache is not None:
       cache = {"k": layer_cache[0], "v": layer_cache[1], "mask": key_mask, "index": index + t}
