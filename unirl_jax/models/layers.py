@@ -132,8 +132,9 @@ def _shift(x: jax.Array, s: int, axis: int) -> jax.Array:
 
 class DepthwiseConv(nn.Module):
   """`nn.Conv(C, (k, k), padding=k // 2, feature_group_count=C)` with the same params (HWIO kernel (k, k, 1, C),
-  bias (C,)). impl "auto" computes it as k² shifted multiply-adds on CPU, where XLA's grouped convolution is
-  ~15x slower (forward and backward), and as a convolution elsewhere; "conv" / "shifted" force one."""
+  bias (C,)). impl "auto" computes it as shifted multiply-adds on CPU (k along W, then k along H), where XLA's grouped
+  convolution is ~15x slower (forward and backward), and as a convolution elsewhere; "conv" / "shifted" force
+  one."""
 
   features: int
   kernel_size: int
