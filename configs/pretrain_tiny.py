@@ -16,6 +16,7 @@ def get_config():
   c.model.init = "preset:tiny_qwen_vocab"  # or a unified checkpoint dir (python -m convert unirl ...)
   c.model.dtype = "float32"
   c.model.remat = "none"
+  c.model.frozen_dtype = ml_collections.FieldReference(None, field_type=str)
 
   c.data = ml_collections.ConfigDict()
   c.data.sources = []  # empty: a synthetic dataset is generated into the workdir
@@ -36,14 +37,15 @@ def get_config():
   c.optim.weight_decay = 0.0
   c.optim.grad_clip = 1.0
 
+  c.loss = ml_collections.ConfigDict()
+  c.loss.cond_dropout = 0.05  # each of: text only, reference only, both
+
   c.train = ml_collections.ConfigDict()
   c.train.total_steps = 300
   c.train.log_every = 10
   c.train.checkpoint_every = 100
   c.train.keep_checkpoints = 2
-  c.train.cond_dropout = 0.05
   c.train.trainable = ("dit", "connector", "t2i_queries", "i2i_queries")
-  c.optim.total_steps = c.train.get_ref("total_steps")
 
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
   return c

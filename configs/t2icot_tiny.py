@@ -17,9 +17,10 @@ def get_config():
   c.reward = "jpeg_compressibility,format"
   c.max_text_len = 96  # the CoT instruction is longer than the t2i one
   c.lm = ml_collections.ConfigDict(dict(max_new_tokens=24, temperature=1.0, top_k=50, top_p=1.0, beta=0.01,
-                                        clip_eps=0.2, aggregation="seq_mean_token_mean", max_cond_len=128))
+                                        clip_eps=0.2, aggregation="seq_mean_token_mean", max_cond_len=128,
+                                        cond_padding="right"))
   c.train.trainable = ("lm/language_model", "dit", "connector", "t2i_queries")
   # The original's two groups: DiT + connector + queries at lr, the LLM at lr / 6 (3e-6 vs 5e-7).
   c.optim.group_lr = {"lm": c.optim.lr / 6}
-  c.total_steps = 200
+  c.train.total_steps = 200
   return c

@@ -17,7 +17,6 @@ def get_config():
   c.lm = cot.lm
   c.lm.max_new_tokens = 512
   c.lm.max_cond_len = 768
-  c.max_text_len = 256
   c.train.trainable = cot.train.trainable
   c.optim.lr = 3e-6
   c.optim.group_lr = {"lm": 5e-7}

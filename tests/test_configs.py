@@ -1,4 +1,5 @@
-"""Every config in configs/ builds, names known settings, and the real-size ones describe the original's run."""
+"""Every config in configs/ becomes a typed run config; unknown keys fail at start naming the nearest known key;
+the real-size ones describe the original's run."""
 
 import glob
 import importlib
@@ -6,9 +7,8 @@ import os
 
 import pytest
 
-from unirl_jax import rewards
+from unirl_jax import rewards, run_config, train
 from unirl_jax.models import unified
-from unirl_jax.rl import dm, lm
 
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs",
                                                                            "*.py")) if not p.endswith("__init__.py"))
@@ -16,25 +16,51 @@ CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(os.pat
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_builds(name):
-  c = importlib.import_module(f"configs.{name}").get_config()
-  assert c.mode in ("pretrain", "grpo")
-  if c.mode == "grpo":
-    dm.DMConfig(**c.dm)
-    if c.task == "t2icot":
-      lm.LMConfig(**c.lm)
-    for r in (c.reward.split(",") if isinstance(c.reward, str) else c.reward):
+  run = run_config.load(importlib.import_module(f"configs.{name}").get_config())
+  assert isinstance(run, (run_config.GRPORun, run_config.PretrainRun))
+  if run.mode == "grpo":
+    for r in run.reward:
       if r != "gen_eval":  # the GenEval scorer is a service the user registers
         rewards.get(r)
-  if c.model.init.startswith("preset:"):
-    assert hasattr(unified, c.model.init.split(":", 1)[1])
+  if run.model.init.startswith("preset:"):
+    assert hasattr(unified, run.model.init.split(":", 1)[1])
+
+
+def test_unknown_keys_fail_naming_the_nearest_known_key():
+  from configs import pretrain_tiny, t2i_jpeg_tiny
+  c = t2i_jpeg_tiny.get_config()
+  c.dm.stepz = 3
+  with pytest.raises(run_config.ConfigError, match=r"unknown setting 'dm\.stepz'; did you mean 'dm\.steps'"):
+    run_config.load(c)
+  c = pretrain_tiny.get_config()
+  c.train.totl_steps = 3
+  with pytest.raises(run_config.ConfigError, match=r"'train\.totl_steps'; did you mean 'train\.total_steps'"):
+    run_config.load(c)
+  with pytest.raises(run_config.ConfigError, match=r"model\.remat.*one policy, or a dict"):
+    run_config.load({"mode": "grpo", "model": {"remat": "dit:full,lm:none"}})
+  with pytest.raises(run_config.ConfigError, match="group_size must be int"):
+    run_config.load({"mode": "grpo", "group_size": "8"})
+
+
+def test_command_line_overrides_are_typed_and_checked(capsys):
+  run, workdir = train.parse(["train", "--config.dm.steps=3", "--config.train.total_steps=5", "--workdir=/tmp/w"])
+  assert (run.dm.steps, run.train.total_steps, workdir, run.task) == (3, 5, "/tmp/w", "t2i")
+  assert train.main(["train", "--config.group_sise=2"]) == 2
+  err = capsys.readouterr().err
+  assert "unknown setting 'group_sise'" in err and "did you mean 'group_size'" in err and "Traceback" not in err
 
 
 def test_real_size_grpo_settings_are_the_originals():
   from configs import t2i_jpeg_unirl_zero, t2icot_unirl_zero
-  c = t2i_jpeg_unirl_zero.get_config()
+  c = run_config.load(t2i_jpeg_unirl_zero.get_config())
   assert (c.group_size, c.dm.steps, c.dm.cfg, c.optim.lr, c.dm.beta, c.dm.clip_eps) == (8, 10, 3.5, 1e-5, 4e-3, 1e-4)
-  assert (c.dm.noise_level, c.dm.shift, c.adv_clip, c.adv_std, c.image_size) == (0.7, 3.0, 5.0, "unbiased", 1024)
-  assert c.prompts_per_step * c.group_size == 64 and c.optim.schedule == "linear" and c.optim.warmup_steps == 0
-  cot = t2icot_unirl_zero.get_config()
+  assert (c.dm.noise_level, c.dm.shift, c.advantage.clip, c.advantage.std, c.image_size) == (0.7, 3.0, 5.0,
+                                                                                              "unbiased", 1024)
+  assert c.rows == 64 and c.optim.schedule == "linear" and c.optim.warmup_steps == 0 and c.optim.grad_clip == 0
+  # The lr decays over the original's horizon: 10 epochs over the prompts, 8 prompts per step.
+  assert c.train.total_steps == 0 and c.total_steps(n_prompts=1000) == 1250
+  assert c.max_text_len == 8192 and c.text_pad == "longest"
+  cot = run_config.load(t2icot_unirl_zero.get_config())
   assert (cot.optim.lr, dict(cot.optim.group_lr), cot.lm.beta, cot.lm.top_k, cot.lm.max_new_tokens) == (
       3e-6, {"lm": 5e-7}, 0.01, 50, 512)
+  assert cot.lm.cond_padding == "right"

@@ -79,8 +79,9 @@ def test_cfg_sampling_matches_diffusers_scheduler_loop(tiny_sana):
       x = sched.step(v_u + scale * (v_c - v_u), t, x).prev_sample
   ref = x.permute(0, 2, 3, 1).numpy()
   sigmas, timesteps = FlowMatchSchedule(shift=3.0).set_timesteps(steps)
-  vel = guided_velocity(functools.partial(model.apply, {"params": params}), jnp.asarray(cond), jnp.asarray(null),
-                        Guidance(scale))
+  g = Guidance(scale)
+  ctx = g.conditions(jnp.asarray(cond), jnp.asarray(null))
+  vel = guided_velocity(lambda x, t, ref: model.apply({"params": params}, x, ctx, t), g)
   out = jax.jit(lambda x: euler_sample(vel, x, sigmas, timesteps))(jnp.asarray(x0))
   np.testing.assert_allclose(np.asarray(out), ref, atol=1e-4, rtol=0)
   assert np.abs(ref - x0).max() > 0.1  # the run really moved
@@ -101,20 +102,29 @@ def test_scan_and_python_loop_agree_and_trajectory():
 def test_three_way_guidance_combines_branches_in_order():
   """UniRL editing CFG: batch [∅ text + zero ref, ∅ text + ref, text + ref]."""
   calls = {}
-
-  def apply(x, ctx, t, ref_latents=None, encoder_attention_mask=None):
-    calls["ctx"], calls["ref"] = ctx, ref_latents
-    # A fake velocity that identifies its branch: ctx sum + 10 * ref sum.
-    return x * 0 + (ctx.sum(axis=(1, 2)) + 10 * ref_latents.sum(axis=(1, 2, 3)))[:, None, None, None]
-
   cond = jnp.ones((2, 3, 4))
-  ref = jnp.full((2, 2, 2, 1), 0.5)
   g = Guidance(scale=3.0, ref_scale=1.2)
-  v = guided_velocity(apply, cond, jnp.zeros_like(cond), g, ref_latents=ref)(jnp.zeros((2, 2, 2, 1)), jnp.ones(2))
+  ctx = g.conditions(cond, jnp.zeros_like(cond))
+
+  def apply(x, t, ref):
+    calls["ref"] = ref
+    # A fake velocity that identifies its branch: ctx sum + 10 * ref sum.
+    return x * 0 + (ctx.sum(axis=(1, 2)) + 10 * ref.sum(axis=(1, 2, 3)))[:, None, None, None]
+
+  ref = jnp.full((2, 2, 2, 1), 0.5)
+  v = guided_velocity(apply, g, ref_latents=ref)(jnp.zeros((2, 2, 2, 1)), jnp.ones(2))
   v_null, v_ref, v_full = 0.0, 10 * 4 * 0.5, 12.0 + 10 * 4 * 0.5
   expected = v_null + 1.2 * (v_ref - v_null) + 3.0 * (v_full - v_ref)
   np.testing.assert_allclose(np.asarray(v), expected, rtol=1e-6)
-  assert calls["ctx"].shape[0] == 6 and float(calls["ref"][:2].sum()) == 0.0
+  assert ctx.shape[0] == 6 and float(calls["ref"][:2].sum()) == 0.0
   assert Guidance(1.0).branches == 1 and Guidance(2.0).branches == 2 and g.branches == 3
   with pytest.raises(ValueError, match="ref_latents"):
-    guided_velocity(apply, cond, cond, g)
+    guided_velocity(apply, g)
+  # detach_uncond: the gradient flows through the fully conditional branch only.
+  two = Guidance(3.5)
+  w = lambda x, t, ref: x * jnp.arange(1.0, 5.0)[:, None, None, None]  # branch 0 rows x1, x2; branch 1 x3, x4
+  x = jnp.ones((2, 2, 2, 1))
+  full = jax.grad(lambda x: guided_velocity(w, two)(x, jnp.ones(2)).sum())(x)
+  cond_only = jax.grad(lambda x: guided_velocity(w, two, detach_uncond=True)(x, jnp.ones(2)).sum())(x)
+  np.testing.assert_allclose(np.asarray(full)[:, 0, 0, 0], [1 + 3.5 * (3 - 1), 2 + 3.5 * (4 - 2)])
+  np.testing.assert_allclose(np.asarray(cond_only)[:, 0, 0, 0], [3.5 * 3, 3.5 * 4])

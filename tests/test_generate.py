@@ -1,6 +1,5 @@
 """`python -m unirl_jax.generate`: grids, editing, determinism, errors, and equality with a hand composition."""
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -71,10 +70,11 @@ def test_same_seed_same_image(ckpt, t2i_grid, tmp_path):
 
 
 def test_t2i_equals_hand_composition(ckpt, t2i_grid):
-  """condition -> guided_velocity -> euler_sample -> decode, composed here from the library pieces."""
+  """condition -> CFG of two plain velocity calls (caption K/V recomputed every step) -> euler_sample -> decode,
+  composed here by hand: the generator's once-per-rollout caption context changes nothing."""
   from unirl_jax.chat import load_tokenizer
   from unirl_jax.data import prompts
-  from unirl_jax.diffusion.sampler import Guidance, euler_sample, guided_velocity
+  from unirl_jax.diffusion.sampler import euler_sample
   from unirl_jax.diffusion.schedule import FlowMatchSchedule
   model, params = unified.load(ckpt)
   tok = load_tokenizer(ckpt)
@@ -86,7 +86,9 @@ def test_t2i_equals_hand_composition(ckpt, t2i_grid):
   @jax.jit
   def compose(params, ids, mask):
     cond = model.condition(params, ids, mask, task="t2i")
-    v = guided_velocity(functools.partial(model.velocity, params), cond, jnp.zeros_like(cond), Guidance(3.5))
+    def v(x, t):
+      v_u, v_c = model.velocity(params, x, jnp.zeros_like(cond), t), model.velocity(params, x, cond, t)
+      return v_u + 3.5 * (v_c - v_u)
     return model.decode(params, euler_sample(v, jnp.concatenate([x0, x0]), sigmas, timesteps, use_scan=False))
 
   want = generate.to_uint8(compose(params, enc["input_ids"], enc["attention_mask"]))

@@ -8,11 +8,12 @@ from scipy import stats
 
 from unirl_jax.diffusion.sampler import euler_sample
 from unirl_jax.diffusion.schedule import FlowMatchSchedule
-from unirl_jax.diffusion.sde import sde_sample, sde_std, sde_step
+from unirl_jax.diffusion.sde import Schedule, sde_sample, sde_std, sde_step
 from unirl_jax.rl.advantages import group_advantages
 from unirl_jax.rl.losses import completion_mask, dm_kl, dm_policy_loss, k3_kl, lm_loss
 
 SIGMAS, TIMESTEPS = FlowMatchSchedule(shift=3.0).set_timesteps(10)
+SCHEDULE = Schedule.make(SIGMAS, TIMESTEPS)
 
 
 def test_log_prob_equals_scipy_gaussian_density():
@@ -33,6 +34,19 @@ def test_unirl_std_table():
   assert s0 == pytest.approx(0.700, abs=2e-3) and s9 == pytest.approx(0.0063, abs=2e-4)
 
 
+def test_one_step_sde_uses_sigma_1_and_stays_finite():
+  """With one step σ₁ = 0, so the first step's σ_sde = a·√(1/(1 − 0)) = a (the original's rule); it used to
+  divide by zero."""
+  sigmas, timesteps = FlowMatchSchedule(shift=3.0).set_timesteps(1)
+  sched = Schedule.make(sigmas, timesteps)
+  assert float(sched.sigma_1) == 0.0
+  sde_sigma, std = sde_std(sigmas[0], sigmas[1], sched.sigma_1, 0.7)
+  assert float(sde_sigma) == pytest.approx(0.7) and float(std) == pytest.approx(0.7)
+  x = jnp.ones((2, 2, 2, 1))
+  traj = sde_sample(lambda x, t: -x, x, sched, jax.random.PRNGKey(0))
+  assert traj.latents.shape == (2, 2, 2, 2, 1) and np.isfinite(np.asarray(traj.log_probs)).all()
+
+
 def velocity(x, t):
   return -0.5 * x + jnp.sin(t / 300.0)[:, None, None, None]
 
@@ -40,27 +54,26 @@ def velocity(x, t):
 def test_vanishing_noise_sde_is_the_ode():
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 4, 3))
   ode = euler_sample(velocity, x, SIGMAS, TIMESTEPS)
-  sde = sde_sample(velocity, x, SIGMAS, TIMESTEPS, jax.random.PRNGKey(1), noise_level=1e-7)
-  np.testing.assert_allclose(np.asarray(sde.latents[-1]), np.asarray(ode), atol=1e-5)
-  tail = sde_sample(velocity, x, SIGMAS, TIMESTEPS, jax.random.PRNGKey(1), sde_steps=3)
-  assert np.asarray(tail.sde_mask).tolist() == [True] * 3 + [False] * 7
-  assert (np.asarray(tail.log_probs)[3:] == 0).all() and (np.asarray(tail.log_probs)[:3] != 0).all()
+  sde = sde_sample(velocity, x, SCHEDULE, jax.random.PRNGKey(1), noise_level=1e-7)
+  np.testing.assert_allclose(np.asarray(sde.latents[:, -1]), np.asarray(ode), atol=1e-5)
+  sched = Schedule.make(SIGMAS, TIMESTEPS, sde_steps=3)
+  tail = sde_sample(velocity, x, sched, jax.random.PRNGKey(1))
+  assert np.asarray(sched.sde_mask).tolist() == [True] * 3 + [False] * 7
+  assert (np.asarray(tail.log_probs)[:, 3:] == 0).all() and (np.asarray(tail.log_probs)[:, :3] != 0).all()
 
 
-def test_on_policy_recomputation_gives_ratio_one():
+def test_on_policy_recomputation_reproduces_the_log_probs_and_gives_the_reinforce_gradient():
   """Recomputing a stored rollout reproduces its log-probs (to float32 rounding across the two programs), and
-  the on-policy loss has ρ exactly 1 with gradient −A·∇log p."""
+  the on-policy loss's gradient is −A·∇log p."""
   x = jax.random.normal(jax.random.PRNGKey(2), (2, 4, 4, 3))
-  roll = sde_sample(velocity, x, SIGMAS, TIMESTEPS, jax.random.PRNGKey(3))
+  roll = sde_sample(velocity, x, SCHEDULE, jax.random.PRNGKey(3))
   for i in range(10):
     t = jnp.full((2,), TIMESTEPS[i])
-    re = sde_step(roll.latents[i], velocity(roll.latents[i], t), SIGMAS[i], SIGMAS[i + 1], SIGMAS[1], 0.7,
-                  prev=roll.latents[i + 1])
-    np.testing.assert_allclose(np.asarray(re.log_prob), np.asarray(roll.log_probs[i]), rtol=1e-6, atol=1e-6)
-    _, _, st = dm_policy_loss(re.log_prob, None, jnp.array([1.0, -1.0]))
-    assert float(st["ratio_min"]) == 1.0 == float(st["ratio_max"])
+    xi = roll.latents[:, i]
+    re = sde_step(xi, velocity(xi, t), SIGMAS[i], SIGMAS[i + 1], SIGMAS[1], 0.7, prev=roll.latents[:, i + 1])
+    np.testing.assert_allclose(np.asarray(re.log_prob), np.asarray(roll.log_probs[:, i]), rtol=1e-6, atol=1e-6)
   lp = lambda th: sde_step(x, jnp.broadcast_to(th, x.shape), SIGMAS[3], SIGMAS[4], SIGMAS[1], 0.7,
-                           prev=roll.latents[4]).log_prob
+                           prev=roll.latents[:, 4]).log_prob
   adv = jnp.array([0.7, -0.2])
   g = jax.grad(lambda th: dm_policy_loss(lp(th), None, adv)[0])(0.3)
   g_ref = jax.grad(lambda th: -jnp.sum(adv * lp(th)))(0.3)
@@ -133,11 +146,18 @@ def test_micro_batches_give_the_same_gradient(aggregation):
   np.testing.assert_allclose(np.asarray(g4), np.asarray(g1), rtol=1e-5, atol=1e-7)
 
 
-def test_kl_terms():
+def test_kl_terms_and_their_gradients_reach_the_policy_only():
   mu = jnp.ones((2, 3, 3, 1))
   s, d = dm_kl(mu, jnp.zeros_like(mu), 0.5)
   assert float(s / d) == pytest.approx(1 / (2 * 0.25))
-  assert float(k3_kl(jnp.array(-1.0), jnp.array(-1.0))) == 0.0 and float(k3_kl(jnp.array(-1.0), jnp.array(-2.0))) > 0
+  g_mu, g_ref = jax.grad(lambda m, r: dm_kl(m, r, 0.5)[0], argnums=(0, 1))(mu, jnp.zeros_like(mu))
+  np.testing.assert_allclose(np.asarray(g_mu), 1.0 / 0.25 / 9)  # (μ − μ_ref)/s² per element, over 9 elements
+  assert not np.asarray(g_ref).any()
+  # k3 at log π = −1, log π_ref = −2: e^{-1} − (−1) − 1 = e^{-1}; d/d log π = 1 − e^{ref − lp} = 1 − e^{-1}.
+  assert float(k3_kl(jnp.array(-1.0), jnp.array(-1.0))) == 0.0
+  assert float(k3_kl(jnp.array(-1.0), jnp.array(-2.0))) == pytest.approx(np.exp(-1.0), rel=1e-6)
+  g_lp, g_ref = jax.grad(lambda a, b: k3_kl(a, b), argnums=(0, 1))(jnp.array(-1.0), jnp.array(-2.0))
+  assert float(g_lp) == pytest.approx(1 - np.exp(-1.0), rel=1e-6) and float(g_ref) == 0.0
   toks = jnp.array([[5, 2, 7, 2], [5, 6, 7, 8]])
   np.testing.assert_array_equal(np.asarray(completion_mask(toks, (2,))), [[1, 1, 0, 0], [1, 1, 1, 1]])
 
@@ -145,24 +165,51 @@ def test_kl_terms():
 def test_guided_velocity_over_a_shared_caption_context():
   """CFG over the once-per-rollout caption K/V = v_u + s·(v_c − v_u) from two plain velocity calls (null
   condition = cond·0, zero reference latents), forward and gradient."""
+  from unirl_jax.diffusion.sampler import Guidance
   from unirl_jax.models import unified
-  from unirl_jax.rl import dm
   model = unified.UnifiedModel(unified.tiny())
   params = model.init_params(jax.random.PRNGKey(0))
   cfg = model.config
   cond = jax.random.normal(jax.random.PRNGKey(1), (2, cfg.num_queries, cfg.connector.out_dim))
   x = jax.random.normal(jax.random.PRNGKey(2), (2, 4, 4, cfg.dit.in_channels))
   t = jnp.array([900.0, 300.0])
+  g = Guidance(3.5)
 
   def shared(dit, cond):
-    return dm.guided_velocity(model, dit, x, dm.guidance_context(model, dit, cond), t, 3.5)
+    return model.guided_velocity(dit, model.guidance_context(dit, cond, g), g)(x, t)
 
   def direct(dit, cond):
     v = lambda c: model.velocity({"dit": dit}, x, c, t, ref_latents=jnp.zeros_like(x))
     v_u, v_c = v(model.null_condition(cond)), v(cond)
     return v_u + 3.5 * (v_c - v_u)
-  np.testing.assert_allclose(shared(params["dit"], cond), direct(params["dit"], cond), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(jax.jit(shared)(params["dit"], cond), jax.jit(direct)(params["dit"], cond), rtol=1e-5,
+                             atol=1e-5)
   loss = lambda f: (lambda d, c: jnp.sum(jnp.sin(f(d, c))))
-  for a, b in zip(jax.tree.leaves(jax.grad(loss(shared), argnums=(0, 1))(params["dit"], cond)),
-                  jax.tree.leaves(jax.grad(loss(direct), argnums=(0, 1))(params["dit"], cond))):
+  grad = lambda f: jax.jit(jax.grad(loss(f), argnums=(0, 1)))(params["dit"], cond)
+  for a, b in zip(jax.tree.leaves(grad(shared)), jax.tree.leaves(grad(direct))):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_dm_and_lm_loss_gradients_reach_the_policy_side_only():
+  """With zero advantages the loss is β·KL alone; its gradient reaches the policy params, never the reference."""
+  from unirl_jax.models import unified
+  from unirl_jax.rl import dm, lm
+  from unirl_jax.rl.batch import Completions, Condition, Experience
+  from unirl_jax.rl.losses import completion_mask
+  model = unified.UnifiedModel(unified.tiny())
+  ref = model.init_params(jax.random.PRNGKey(0))
+  policy = jax.jit(lambda r: jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(9), p.shape,
+                                                                                 p.dtype), r))(ref)
+  dc = dm.DMConfig(steps=2, beta=1.0)
+  sched = dc.schedule()
+  ids = jax.random.randint(jax.random.PRNGKey(1), (2, 6), 0, model.config.lm.text.vocab_size)
+  cond = Condition(ids, jnp.ones_like(ids))
+  traj, _ = jax.jit(lambda p: dm.rollout(model, p, cond, jax.random.PRNGKey(2), dc, sched, (4, 4)))(policy)
+  toks = jax.random.randint(jax.random.PRNGKey(3), (2, 5), 0, model.config.lm.text.vocab_size)
+  comps = Completions(ids, jnp.ones_like(ids), toks, completion_mask(toks, model.config.lm.eos_token_id))
+  exp = Experience(jnp.zeros(2), sched, dm.DMRows(cond, traj), comps)
+  for part in (dm.DMLoss(model, dc), lm.LMLoss(model.lm, lm.LMConfig(beta=1.0))):
+    g_pol, g_ref = jax.jit(jax.grad(lambda p, r: part.loss_sum(p, r, exp)[0], argnums=(0, 1)))(policy, ref)
+    assert not any(np.asarray(x).any() for x in jax.tree.leaves(g_ref)), type(part).__name__
+    moved = "dit" if isinstance(part, dm.DMLoss) else "lm"
+    assert max(float(jnp.abs(x).max()) for x in jax.tree.leaves(g_pol[moved])) > 0, type(part).__name__

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from configs import t2i_jpeg_tiny
+from unirl_jax import run_config, train_state
 from unirl_jax.data.pipeline import to_uint8
 from unirl_jax.rewards.jpeg import jpeg_kb
 from unirl_jax.rl.trainer import GRPOTrainer
@@ -17,7 +18,7 @@ EVAL_BATCHES = 6
 def config(reward):
   c = t2i_jpeg_tiny.get_config()
   c.reward = reward
-  c.total_steps = STEPS
+  c.train.total_steps = STEPS
   c.dm.steps = 3
   c.dm.beta = 0.0
   c.optim.lr = 1e-2
@@ -32,8 +33,8 @@ def eval_kb(t: GRPOTrainer, trainable) -> np.ndarray:
   """Mean JPEG KB of each of EVAL_BATCHES held-out rollouts (prompts and noise fixed, unseen in training)."""
   out = []
   for k in range(EVAL_BATCHES):
-    _, ids, mask = t.prompt_batch(10_000 + k)
-    _, images = t._rollout(trainable, t.frozen, ids, mask, jax.random.PRNGKey(10_000 + k))
+    cond = t.put_rows(t.task.condition(t.prompts.captions(10_000 + k)))
+    _, images = t.task._rollout(trainable, t.frozen, cond, t.task.schedule, jax.random.PRNGKey(10_000 + k))
     out.append(jpeg_kb(to_uint8(jax.device_get(images))).mean())
   return np.asarray(out)
 
@@ -41,8 +42,10 @@ def eval_kb(t: GRPOTrainer, trainable) -> np.ndarray:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   out = {}
+  # The random DC-AE is fitted once (config.model.vae_fit_steps) and both runs start from the same params.
+  init = train_state.build_model(run_config.load(config("jpeg_compressibility")).model, 0)
   for reward in ("jpeg_compressibility", "jpeg_incompressibility"):
-    t = GRPOTrainer(config(reward), str(tmp_path_factory.mktemp(reward)))
+    t = GRPOTrainer(config(reward), str(tmp_path_factory.mktemp(reward)), init=init)
     start = eval_kb(t, t.ref_trainable)
     history = t.run()
     out[reward] = (start, eval_kb(t, t.state["trainable"]), [r["reward_mean"] for r in history])

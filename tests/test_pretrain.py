@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import pretrain_tiny
-from unirl_jax.pretrain import Pretrainer
+from unirl_jax.pretrain import Pretrainer, flow_matching_terms
 
 
 def config(steps, every):
@@ -28,6 +28,21 @@ def unbroken(tmp_path_factory):
   init = jax.device_get({**t.state["trainable"], **t.frozen})
   hist = t.run()
   return t, init, hist, wd
+
+
+def test_flow_matching_terms_by_hand():
+  """x_σ = (1−σ)·x₀ + σ·ε, target ε − x₀, and the dropout bands [0,p) text, [p,2p) reference, [2p,3p) both."""
+  x0 = np.full((6, 2, 2, 1), 2.0, np.float32)
+  eps = np.arange(24, dtype=np.float32).reshape(6, 2, 2, 1) / 10
+  sigma = np.array([0.0, 0.25, 0.5, 0.75, 1.0, 0.1], np.float32)
+  r = np.array([0.01, 0.049, 0.05, 0.12, 0.149, 0.15], np.float32)
+  x_t, target, drop_text, drop_ref = flow_matching_terms(x0, eps, sigma, r, 0.05)
+  np.testing.assert_allclose(np.asarray(x_t)[1], 0.75 * 2.0 + 0.25 * eps[1], rtol=1e-6)
+  np.testing.assert_array_equal(np.asarray(x_t)[0], x0[0])
+  np.testing.assert_array_equal(np.asarray(x_t)[4], eps[4])
+  np.testing.assert_allclose(np.asarray(target), eps - 2.0, rtol=1e-6)
+  assert np.asarray(drop_text).tolist() == [True, True, False, True, True, False]
+  assert np.asarray(drop_ref).tolist() == [False, False, True, True, True, False]
 
 
 def test_loss_falls(unbroken):

@@ -37,14 +37,7 @@ def gradient_image(width: int = 112, height: int = 84):
 
 def load_tokenizer(ckpt=None):
   from unirl_jax import tokenizer as tok_lib
-  if ckpt and any(os.path.exists(os.path.join(ckpt, f)) for f in ("tokenizer.json", "tokenizer_config.json")):
-    from transformers import AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(ckpt)
-  else:
-    tok = tok_lib.qwen2_tokenizer()
-  if not tok.chat_template:
-    tok.chat_template = tok_lib.CHAT_TEMPLATE
-  return tok
+  return tok_lib.load(ckpt)
 
 
 def image_processor(ckpt=None, max_pixels=None):

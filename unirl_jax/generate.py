@@ -12,7 +12,6 @@ latents as normal(PRNGKey(s), (H/f, W/f, C)) and the editing reference noise fro
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import sys
@@ -56,16 +55,13 @@ def initial_noise(seeds, shape: tuple):
   return np.stack([np.asarray(jax.random.normal(jax.random.PRNGKey(s), shape)) for s in seeds])
 
 
-@functools.lru_cache(maxsize=4)
 def sampler(cfg, task: str, grid, steps: int, shift: float, scale: float, ref_scale):
-  """One jitted function (params, ids, mask, pixel_values, src, ref_keys, noise) -> images in [-1, 1].
-
-  Cached on the (hashable) configuration, so repeated calls at the same shapes compile once.
-  """
+  """One jitted function (params, ids, mask, pixel_values, src, ref_keys, noise) -> images in [-1, 1]: the
+  caption K/V of every CFG branch once (`UnifiedModel.guidance_context`), then the Euler loop."""
   import jax
   import jax.numpy as jnp
 
-  from unirl_jax.diffusion.sampler import Guidance, euler_sample, guided_velocity
+  from unirl_jax.diffusion.sampler import Guidance, euler_sample
   from unirl_jax.diffusion.schedule import FlowMatchSchedule
   from unirl_jax.models.unified import UnifiedModel
   model = UnifiedModel(cfg)
@@ -83,8 +79,8 @@ def sampler(cfg, task: str, grid, steps: int, shift: float, scale: float, ref_sc
       z = model.encode(params, src)[0]
       ref = jax.vmap(lambda k: model.noisy_reference(z, k))(ref_keys)
       ref = jnp.tile(ref, (ids.shape[0], 1, 1, 1))
-    velocity = guided_velocity(functools.partial(model.velocity, params), cond, model.null_condition(cond),
-                               guidance, ref_latents=ref)
+    ctx = model.guidance_context(params["dit"], cond, guidance)
+    velocity = model.guided_velocity(params["dit"], ctx, guidance, ref_latents=ref)
     x = euler_sample(velocity, jnp.tile(noise, (ids.shape[0], 1, 1, 1)), sigmas, timesteps)
     return model.decode(params, x).astype(jnp.float32)
 

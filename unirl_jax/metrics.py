@@ -20,6 +20,7 @@ class MetricsLog:
     self.resume_step = resume_step
     self.tensorboard = tensorboard
     self._f = self._tb = None
+    self.last: dict | None = None  # the latest row written
 
   def __enter__(self):
     truncate(self.path, self.resume_step)
@@ -35,6 +36,7 @@ class MetricsLog:
     return self
 
   def write(self, row: dict) -> None:
+    self.last = row
     self._f.write(json.dumps(row) + "\n")
     self._f.flush()
     if self._tb is not None:
@@ -73,3 +75,38 @@ def truncate(path: str, upto: int) -> None:
   rows = [line for line in open(path) if line.strip() and json.loads(line)["step"] <= upto]
   with open(path, "w") as f:
     f.writelines(rows)
+
+
+def save_grid(images: np.ndarray, cols: int, path: str) -> np.ndarray:
+  """(N, H, W, 3) uint8 -> one PNG grid of `cols` columns (a group per row); returns the grid."""
+  from PIL import Image
+  n, h, w, _ = images.shape
+  rows = -(-n // cols)
+  grid = np.zeros((rows * h, cols * w, 3), np.uint8)
+  for i, img in enumerate(images):
+    grid[(i // cols) * h:(i // cols + 1) * h, (i % cols) * w:(i % cols + 1) * w] = img
+  Image.fromarray(grid).save(path)
+  return grid
+
+
+def plot_curve(metrics_path: str, out: str, key: str = "reward_mean", window: int = 10) -> None:
+  """`key` per step from a metrics.jsonl, raw and as a trailing moving average, with axes and labels."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  rows = [r for r in read(metrics_path) if key in r]
+  steps = np.asarray([r["step"] for r in rows])
+  ys = np.asarray([r[key] for r in rows], np.float64)
+  fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+  ax.plot(steps, ys, color="0.7", lw=1, label="per step")
+  if len(ys) > 1:
+    k = min(window, len(ys))
+    smooth = np.convolve(ys, np.ones(k) / k, mode="valid")
+    ax.plot(steps[k - 1:], smooth, color="C0", lw=2, label=f"mean of {k} steps")
+  ax.set_xlabel("step")
+  ax.set_ylabel(key.replace("_", " "))
+  ax.grid(alpha=0.3)
+  ax.legend(loc="best", fontsize=8)
+  fig.tight_layout()
+  fig.savefig(out)
+  plt.close(fig)

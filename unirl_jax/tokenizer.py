@@ -110,6 +110,19 @@ def qwen2_tokenizer(cache_dir: Optional[str] = None):
   return AutoTokenizer.from_pretrained(path)
 
 
+def load(model_dir: Optional[str] = None):
+  """The tokenizer of a model dir when it has one (tokenizer files beside a converted checkpoint), else the
+  offline Qwen2 tokenizer; with a chat template either way. The one place every entry point picks it."""
+  if model_dir and any(os.path.exists(os.path.join(model_dir, f)) for f in ("tokenizer.json", "tokenizer_config.json")):
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(model_dir)
+  else:
+    tok = qwen2_tokenizer()
+  if not tok.chat_template:
+    tok.chat_template = CHAT_TEMPLATE
+  return tok
+
+
 def expand_image_tokens(text: Union[str, Sequence[str]], image_grid_thw, merge_size: int = 2,
                         image_token: str = IMAGE_PAD) -> Union[str, list[str]]:
   """Replaces the k-th `<|image_pad|>` (counting across `text`) by prod(image_grid_thw[k]) / merge_size**2 copies."""

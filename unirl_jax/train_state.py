@@ -12,25 +12,9 @@ from unirl_jax.models import unified
 
 
 def execution_knobs(model_cfg) -> dict:
-  """The `unified.with_execution` knobs a run config sets: compute dtype, remat policy (model.remat: one policy
-  for every layer stack, or per sub-model as "dit:full,lm:save_dots,connector:none") and layers unrolled per
-  scan iteration (model.scan_unroll, default 1; >= the depth unrolls fully, which XLA:CPU runs faster)."""
-  return dict(dtype=model_cfg.dtype, remat=parse_per_module(model_cfg.remat, "model.remat"),
-              scan_unroll=model_cfg.get("scan_unroll", 1))
-
-
-def parse_per_module(spec: str, setting: str):
-  """"full" -> "full"; "dit:full,lm:none" -> {"dit": "full", "lm": "none"} (sub-models not named keep their
-  preset's value)."""
-  if ":" not in spec:
-    return spec
-  out = {}
-  for part in spec.split(","):
-    name, sep, value = (x.strip() for x in part.partition(":"))
-    if not sep or not name or not value or name in out:
-      raise ValueError(f"{setting} {spec!r}: expected one policy or 'module:policy,...' with each module once")
-    out[name] = value
-  return out
+  """The `unified.with_execution` knobs of a run's typed model settings (run_config.ModelSettings): compute
+  dtype, remat policy per layer stack, layers unrolled per scan iteration."""
+  return dict(dtype=model_cfg.dtype, remat=dict(model_cfg.remat), scan_unroll=model_cfg.scan_unroll)
 
 
 def build_model(model_cfg, seed: int):
@@ -42,29 +26,16 @@ def build_model(model_cfg, seed: int):
       raise ValueError(f"model.init {model_cfg.init!r}: no preset {name!r} in unirl_jax.models.unified")
     model = unified.UnifiedModel(unified.with_execution(getattr(unified, name)(), **knobs))
     params = model.init_params(jax.random.PRNGKey(seed))
-    fit_steps = model_cfg.get("vae_fit_steps", 0)
-    if fit_steps:
+    if model_cfg.vae_fit_steps:
       # A random DC-AE decodes everything to white noise; fit it to the synthetic shapes (unirl_jax.vae_fit).
-      params["vae"] = _fitted_vae(model, params["vae"], (name, model_cfg.dtype, fit_steps, seed), fit_steps, seed)
+      from unirl_jax import vae_fit
+      image_size = 8 * model.config.vae.spatial_compression_ratio
+      params["vae"] = vae_fit.fit(model.vae, params["vae"], model_cfg.vae_fit_steps, image_size, seed=seed)[0]
     return model, params, None
-  if model_cfg.get("vae_fit_steps", 0):
+  if model_cfg.vae_fit_steps:
     raise ValueError("model.vae_fit_steps only applies to a random preset init, not to a checkpoint")
   model, params = unified.load(model_cfg.init, **knobs)
   return model, params, model_cfg.init
-
-
-_FITTED_VAE: dict = {}
-
-
-def _fitted_vae(model: unified.UnifiedModel, vae_params, key: tuple, steps: int, seed: int):
-  """`vae_params` (fresh at `seed`) fitted for `steps`; cached under `key`, so a second trainer in the same
-  process reuses the fit instead of repeating it (only the latest fit is kept)."""
-  if key not in _FITTED_VAE:
-    from unirl_jax import vae_fit
-    _FITTED_VAE.clear()
-    image_size = 8 * model.config.vae.spatial_compression_ratio
-    _FITTED_VAE[key] = vae_fit.fit(model.vae, vae_params, steps, image_size, seed=seed)[0]
-  return _FITTED_VAE[key]
 
 
 def split(params: dict, trainable: tuple[str, ...]) -> tuple[dict, dict]:
@@ -128,6 +99,14 @@ def init_state(trainable: dict, tx, mesh) -> tuple[dict, dict]:
   replicated = NamedSharding(mesh, P())
   shardings = jax.tree.map(lambda x: x.sharding if isinstance(x.sharding, NamedSharding) else replicated, state)
   return jax.device_put(state, shardings), shardings
+
+
+def apply_gradients(tx, state: dict, loss, grads) -> tuple[dict, dict]:
+  """One optimizer step unless the loss or the gradient is not finite (then the step is skipped and counted)."""
+  import optax
+  gnorm = optax.global_norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+  return guarded_update(tx, state, grads, finite), {"grad_norm": gnorm, "skipped": (~finite).astype(jnp.int32)}
 
 
 def guarded_update(tx, state: dict, grads, finite):

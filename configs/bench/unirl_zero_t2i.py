@@ -15,6 +15,8 @@ def get_config():
   c.model.init = "preset:unirl_zero_3b_1600m"
   c.prompts_per_step = 1  # one GPU: 1 prompt x G=8 images
   c.prompt_file = ""
+  c.max_text_len = 128
+  c.text_pad = "max_len"
   c.progress = False
   c.train.micro_batch = 2
   c.train.checkpoint_every = 10 ** 9

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import tempfile
 
 from absl import app, flags, logging
@@ -44,14 +43,15 @@ def table(phases: dict) -> str:
   for name, r in phases.items():
     if not isinstance(r, dict):
       continue
-    thr = next((f"{r[k]:.4g} {k.replace('_per_s', '/s')}" for k in
-                ("tokens_per_s", "denoise_steps_per_s", "images_per_s") if k in r), "")
+    thr = ", ".join(f"{r[k]:.4g} {k.replace('_per_s', '/s')}" for k in
+                    ("tokens_per_s", "denoise_steps_per_s", "images_per_s") if k in r)
     rows.append(f"{name:13s} {r['median_s'] * 1e3:10.2f} {r['spread']:8.2f} {_fmt(r.get('compile_s')):>11s} "
                 f"{_fmt(r.get('flops_per_s'), 1e-9):>9s} {_fmt(r.get('mfu'), 100, '%'):>8s}   {thr}")
   return "\n".join(rows)
 
 
 def run(config, compare: str | None = None, compile_only: bool = False, log=print) -> dict:
+  from unirl_jax import run_config
   from unirl_jax.bench import devices, grpo
   out = {"device": devices.describe(), "versions": devices.versions(), "commit": _commit(),
          "config": json.loads(config.to_json_best_effort())}
@@ -62,9 +62,10 @@ def run(config, compare: str | None = None, compile_only: bool = False, log=prin
         f"{out['compile_only']['compile_s']:.1f} s; memory_analysis {out['compile_only']['memory_analysis']}")
     return out
   from unirl_jax.rl.trainer import GRPOTrainer
+  run_cfg = run_config.load(config)
   with tempfile.TemporaryDirectory() as wd:
-    trainer = GRPOTrainer(config, wd)
-    out["phases"] = grpo.run(trainer, config.bench.repeats, log=log)
+    trainer = GRPOTrainer(run_cfg, wd)
+    out["phases"] = grpo.run(trainer, run_cfg.bench.repeats, log=log)
   out["peak_memory_bytes"] = out["phases"].pop("peak_memory_bytes")
   log(table(out["phases"]))
   if compare == "torch":
@@ -77,11 +78,12 @@ def run(config, compare: str | None = None, compile_only: bool = False, log=prin
 def compare_spec(config) -> dict:
   """The unified model's own component configs at the bench's batch sizes (SANA without UniRL's reference
   branch, which diffusers lacks)."""
-  from unirl_jax import train_state
+  from unirl_jax import run_config, train_state
   from unirl_jax.models import unified
+  config = run_config.load(config)
   knobs = {**train_state.execution_knobs(config.model), "dtype": "float32"}
   cfg = unified.with_execution(getattr(unified, config.model.init.split(":", 1)[1])(), **knobs)
-  rows = config.prompts_per_step * config.group_size
+  rows = config.rows
   lh = config.image_size // cfg.vae.spatial_compression_ratio
   b = config.bench
   return {"sana": (cfg.dit.replace(ref_branch=False), rows, (lh, lh), cfg.num_queries),
@@ -94,7 +96,6 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
-  sys.path.insert(0, ROOT)
   out = run(_CONFIG.value, _COMPARE.value, _COMPILE_ONLY.value)
   if _JSON.value:
     with open(_JSON.value, "w") as f:

@@ -6,6 +6,8 @@ RL and inference end at `<|im_start|>assistant\\n`. The wording differs between 
 
 from __future__ import annotations
 
+import numpy as np
+
 SYSTEM = "You are a helpful assistant."
 IMAGE_BLOCK = "<|vision_start|><|image_pad|><|vision_end|>"
 
@@ -63,3 +65,48 @@ def read_prompt_file(path: str) -> list[str]:
   if not out:
     raise ValueError(f"prompt file {path!r} holds no prompts")
   return out
+
+
+class PromptSource:
+  """The captions of each GRPO step: a seeded permutation of the prompts per pass over them, as a pure function
+  of (seed, step), so a resumed run draws exactly what an unbroken one would have."""
+
+  def __init__(self, texts, per_step: int, seed: int):
+    self.texts, self.per_step, self.seed = list(texts), per_step, seed
+    if not self.texts:
+      raise ValueError("no prompts")
+
+  def __len__(self) -> int:
+    return len(self.texts)
+
+  def indices(self, step: int) -> list[int]:
+    n, b = len(self.texts), self.per_step
+    out = []
+    for j in range((step - 1) * b, step * b):
+      epoch, pos = divmod(j, n)
+      out.append(int(np.random.RandomState([self.seed, epoch]).permutation(n)[pos]))
+    return out
+
+  def captions(self, step: int) -> list[str]:
+    return [self.texts[i] for i in self.indices(step)]
+
+
+def encode(tok, texts, max_len: int, setting: str | None = "max_text_len", pad: str = "max_len",
+           multiple: int = 64) -> tuple[np.ndarray, np.ndarray]:
+  """Left-padded (B, L) int32 ids and mask, no special tokens added.
+
+  pad "max_len": L = max_len; "longest": the longest row rounded up to `multiple` (at most max_len). A text
+  longer than max_len is an error naming `setting`, or, with setting=None, keeps its last max_len tokens (the
+  original truncates the CoT dialogue condition from the left).
+  """
+  rows = tok(list(texts), add_special_tokens=False)["input_ids"]
+  n = max(len(r) for r in rows)
+  if n > max_len and setting is not None:
+    raise ValueError(f"a prompt has {n} tokens, more than {setting}={max_len}: raise it in the config")
+  length = max_len if pad == "max_len" else min(max_len, -(-n // multiple) * multiple)
+  ids = np.full((len(rows), length), tok.pad_token_id, np.int32)
+  mask = np.zeros((len(rows), length), np.int32)
+  for i, r in enumerate(rows):
+    r = r[-length:]
+    ids[i, length - len(r):], mask[i, length - len(r):] = r, 1
+  return ids, mask

@@ -41,40 +41,43 @@ class Guidance:
       return v[0] + self.scale * (v[1] - v[0])
     return v[0] + self.ref_scale * (v[1] - v[0]) + self.scale * (v[2] - v[1])
 
+  def conditions(self, cond: jax.Array, null: jax.Array) -> jax.Array:
+    """The caption rows of every branch, stacked in branch order: [c], [∅, c] or [∅, ∅, c]."""
+    return jnp.concatenate({1: [cond], 2: [null, cond], 3: [null, null, cond]}[self.branches])
 
-def guided_velocity(apply: Callable[..., jax.Array], cond: jax.Array, null: jax.Array, guidance: Guidance,
-                    ref_latents: Optional[jax.Array] = None, encoder_attention_mask: Optional[jax.Array] = None,
-                    **extra) -> Velocity:
-  """Batches the CFG branches into one model call.
 
-  apply(x, encoder_hidden_states, timestep, encoder_attention_mask=..., ref_latents=..., **extra) -> v, e.g.
-  `functools.partial(sana_model.apply, {"params": params})`. `null` is the unconditional caption input
-  (UniRL: zeros). Two-way keeps the reference latents in both branches (UniRL's training-time CFG);
-  three-way drops them in the fully unconditional branch.
+def guided_velocity(apply: Callable[..., jax.Array], guidance: Guidance, ref_latents: Optional[jax.Array] = None,
+                    detach_uncond: bool = False) -> Velocity:
+  """All CFG branches in one batched model call -> the guided velocity (x, t) -> v.
+
+  apply(x, t, ref_latents) -> v runs the model on the stacked branches (B·k rows), its captions already bound
+  (e.g. a caption context computed once per rollout from `guidance.conditions(cond, null)`). Two-way keeps the
+  reference latents in both branches (UniRL's training-time CFG); three-way drops them in the unconditional
+  branch; `ref_latents=None` passes None on (UniRL's text-to-image feeds zeros there). detach_uncond stops the
+  gradient through every branch but the fully conditional one (Flow-GRPO's choice; the original keeps it).
   """
   k = guidance.branches
-  ctx = {1: [cond], 2: [null, cond], 3: [null, null, cond]}[k]
-  ctx = jnp.concatenate(ctx)
-  mask = None if encoder_attention_mask is None else jnp.concatenate([encoder_attention_mask] * k)
-  if ref_latents is None:
-    if k == 3:
-      raise ValueError("three-way guidance needs ref_latents")
-    ref = None
-  else:
-    refs = [ref_latents] * k if k < 3 else [jnp.zeros_like(ref_latents), ref_latents, ref_latents]
-    ref = jnp.concatenate(refs)
+  if ref_latents is None and k == 3:
+    raise ValueError("three-way guidance needs ref_latents")
 
   def velocity(x, t):
     b = x.shape[0]
-    kw = dict(extra)
-    if mask is not None:
-      kw["encoder_attention_mask"] = mask
-    if ref is not None:
-      kw["ref_latents"] = ref
-    v = apply(jnp.concatenate([x] * k), ctx, jnp.tile(t, k), **kw)
-    return guidance.combine(v.reshape((k, b) + v.shape[1:]))
+    ref = None
+    if ref_latents is not None:
+      refs = [ref_latents] * k if k < 3 else [jnp.zeros_like(ref_latents), ref_latents, ref_latents]
+      ref = jnp.concatenate(refs)
+    v = apply(jnp.concatenate([x] * k), jnp.tile(t, k), ref)
+    v = v.reshape((k, b) + v.shape[1:])
+    if detach_uncond and k > 1:
+      v = jnp.concatenate([jax.lax.stop_gradient(v[:-1]), v[-1:]])
+    return guidance.combine(v)
 
   return velocity
+
+
+def euler_step(x: jax.Array, v: jax.Array, sigma, sigma_next) -> jax.Array:
+  """One flow-matching Euler step x + (σ' − σ)·v in float32 (the ODE sampler's, and the SDE sampler's ODE tail)."""
+  return x.astype(jnp.float32) + (sigma_next - sigma) * v.astype(jnp.float32)
 
 
 def euler_sample(velocity: Velocity, x: jax.Array, sigmas: Any, timesteps: Any, *, use_scan: bool = True,
@@ -90,7 +93,7 @@ def euler_sample(velocity: Velocity, x: jax.Array, sigmas: Any, timesteps: Any, 
 
   def step(x, i):
     v = velocity(x, jnp.full((b,), timesteps[i]))
-    x = (x.astype(jnp.float32) + (sigmas[i + 1] - sigmas[i]) * v.astype(jnp.float32)).astype(v.dtype)
+    x = euler_step(x, v, sigmas[i], sigmas[i + 1]).astype(v.dtype)
     return x.astype(dtype), x.astype(dtype)
 
   if use_scan:

@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from unirl_jax.diffusion import sampler as sampler_lib
+from unirl_jax.diffusion.sampler import Guidance
 from unirl_jax.models import connector as connector_lib
 from unirl_jax.models import dc_ae as dc_ae_lib
 from unirl_jax.models import qwen2_5_vl
@@ -122,8 +124,13 @@ class UnifiedModel:
   # ---- conditioning -----------------------------------------------------------------------------
 
   def query_states(self, params, input_ids, attention_mask, pixel_values=None, image_grid_thw=None,
-                   task: str = "t2i"):
-    """LM last-layer (post-norm) hidden states at the appended queries: (B, num_queries, LM width)."""
+                   task: str = "t2i", query_shift=None):
+    """LM last-layer (post-norm) hidden states at the appended queries: (B, num_queries, LM width).
+
+    query_shift (B,): positions left empty between the text and the queries. The original right-pads a batch
+    to its longest prompt and appends the queries after the pads, so a shorter prompt's queries sit that many
+    positions further from its text; a left-padded row with this shift computes the same (RoPE is relative).
+    """
     if task not in TASKS:
       raise ValueError(f"task {task!r} not one of {TASKS}")
     cfg = self.config
@@ -140,12 +147,17 @@ class UnifiedModel:
     else:
       ids = jnp.concatenate([input_ids, jnp.full((b, cfg.num_queries), cfg.lm.pad_token_id, input_ids.dtype)], 1)
       positions = qwen2_5_vl.get_rope_index(ids, image_grid_thw, mask, cfg.lm)[0]
+    if query_shift is not None:
+      is_query = (jnp.arange(t + cfg.num_queries) >= t).astype(positions.dtype)
+      shift = jnp.asarray(query_shift, positions.dtype)[:, None] * is_query  # (B, T + Q)
+      positions = positions + (shift[None] if positions.ndim == 3 else shift)
     hidden, _ = self.lm.apply(lm, embeds, positions, mask, method="hidden_states")
     return hidden[:, -cfg.num_queries:]
 
-  def condition(self, params, input_ids, attention_mask, pixel_values=None, image_grid_thw=None, task="t2i"):
+  def condition(self, params, input_ids, attention_mask, pixel_values=None, image_grid_thw=None, task="t2i",
+                query_shift=None):
     """The SANA caption input for a chat-templated prompt: (B, num_queries, caption_channels)."""
-    h = self.query_states(params, input_ids, attention_mask, pixel_values, image_grid_thw, task)
+    h = self.query_states(params, input_ids, attention_mask, pixel_values, image_grid_thw, task, query_shift)
     return self.connector.apply({"params": params["connector"]}, h)
 
   def null_condition(self, cond: jax.Array) -> jax.Array:
@@ -162,6 +174,18 @@ class UnifiedModel:
     """SANA's caption K/V for every layer (`sana.SanaContext`): computed once, shared by all denoising steps
     through `self.dit.apply(..., context=...)`."""
     return self.dit_context.apply({"params": dit_params}, cond)
+
+  def guidance_context(self, dit_params, cond, guidance: Guidance):
+    """The caption K/V of every CFG branch ([∅, c] for two-way; null = `null_condition`), once per rollout."""
+    return self.caption_context(dit_params, guidance.conditions(cond, self.null_condition(cond)))
+
+  def guided_velocity(self, dit_params, context, guidance: Guidance, ref_latents=None, detach_uncond=False):
+    """(x, t) -> the guided SANA velocity over `guidance_context`'s rows, all branches in one DiT call.
+    Without `ref_latents` the DiT gets zero reference latents (UniRL's text-to-image input)."""
+    def apply(x, t, ref):
+      ref = jnp.zeros_like(x) if ref is None else ref
+      return self.dit.apply({"params": dit_params}, x, None, t, ref_latents=ref, context=context)
+    return sampler_lib.guided_velocity(apply, guidance, ref_latents, detach_uncond)
 
   def encode(self, params, images):
     """Images in [-1, 1], (B, H, W, 3) -> scaled latents (× scaling_factor, as UniRL)."""

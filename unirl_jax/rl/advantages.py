@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class AdvantageConfig:
+  std: str = "unbiased"  # "unbiased" (N−1, the original's torch default) or "population"
+  eps: float = 1e-4  # added to the std
+  clip: float = 5.0  # advantages clipped to ±clip
+
+  def __post_init__(self):
+    if self.std not in ("unbiased", "population"):
+      raise ValueError(f"advantage.std {self.std!r} not 'unbiased' or 'population'")
 
 
 def group_advantages(rewards, group_size: int, std: str = "unbiased", eps: float = 1e-4, clip: float = 5.0):

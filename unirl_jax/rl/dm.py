@@ -1,5 +1,5 @@
-"""Flow-GRPO for the unified model's diffusion expert (unirl.md §3.3–3.4): text-to-image rollout with CFG, and
-the recomputed policy + KL loss over (sample, denoising step) rows."""
+"""Flow-GRPO for the unified model's diffusion expert (docs/algorithms.md §2): the SDE rollout with CFG, and the
+recomputed policy + KL loss over (sample, denoising step) rows as a loss part of a task."""
 
 from __future__ import annotations
 
@@ -9,108 +9,126 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from unirl_jax.diffusion.sampler import Guidance
 from unirl_jax.diffusion.schedule import FlowMatchSchedule
-from unirl_jax.diffusion.sde import Rollout, sde_sample, sde_step
+from unirl_jax.diffusion.sde import Schedule, Trajectory, sde_sample, sde_step
 from unirl_jax.models.unified import UnifiedModel
+from unirl_jax.rl.batch import Condition, DMRows, Experience
 from unirl_jax.rl.losses import dm_kl, dm_policy_loss
 
 
 @dataclasses.dataclass(frozen=True)
 class DMConfig:
-  steps: int = 10
-  shift: float = 3.0
-  cfg: float = 3.5
-  noise_level: float = 0.7
+  steps: int = 10  # denoising steps per rollout
+  shift: float = 3.0  # flow-matching schedule shift
+  cfg: float = 3.5  # text guidance scale, rollout and loss
+  noise_level: float = 0.7  # the SDE's a in σ_sde = a·√(σ / (1 − σ))
   sde_steps: Optional[int] = None  # SDE (and trained) on the first K steps, ODE after; None = all
   log_prob_reduce: str = "mean"  # the original's per-element mean, or "sum"
-  clip_eps: float = 1e-4
-  beta: float = 4e-3
+  clip_eps: float = 1e-4  # PPO clip range
+  beta: float = 4e-3  # KL coefficient
   kl: str = "mean"  # "mean": Gaussian KL of the SDE means; "velocity": MSE of the guided velocities
   detach_uncond: bool = False  # the original keeps gradients through the unconditional branch
   remat_steps: bool = True  # recompute each step's activations in the backward pass
 
-  def schedule(self):
-    return FlowMatchSchedule(shift=self.shift).set_timesteps(self.steps)
+  def __post_init__(self):
+    if self.steps < 1:
+      raise ValueError(f"dm.steps must be >= 1, got {self.steps}")
+    if self.sde_steps is not None and not 1 <= self.sde_steps <= self.steps:
+      raise ValueError(f"dm.sde_steps {self.sde_steps} not in [1, dm.steps={self.steps}] (None: all)")
+    if self.kl not in ("mean", "velocity"):
+      raise ValueError(f"dm.kl {self.kl!r} not 'mean' or 'velocity'")
+    if self.log_prob_reduce not in ("mean", "sum"):
+      raise ValueError(f"dm.log_prob_reduce {self.log_prob_reduce!r} not 'mean' or 'sum'")
+
+  def schedule(self) -> Schedule:
+    sigmas, timesteps = FlowMatchSchedule(shift=self.shift).set_timesteps(self.steps)
+    return Schedule.make(sigmas, timesteps, self.sde_steps)
+
+  @property
+  def guidance(self) -> Guidance:
+    return Guidance(self.cfg)
 
 
-def guidance_context(model: UnifiedModel, dit_params, cond):
-  """The caption K/V of both CFG branches (null rows first, then `cond`): once per rollout, not per step."""
-  return model.caption_context(dit_params, jnp.concatenate([model.null_condition(cond), cond]))
-
-
-def guided_velocity(model: UnifiedModel, dit_params, x, context, t, cfg: float, detach_uncond: bool = False):
-  """Two-way CFG in one batched DiT call over `guidance_context`'s rows; text-to-image feeds zero reference
-  latents (UniRL's T2I input)."""
-  b = x.shape[0]
-  v = model.dit.apply({"params": dit_params}, jnp.concatenate([x, x]), None, jnp.concatenate([t, t]),
-                      ref_latents=jnp.zeros((2 * b,) + x.shape[1:], x.dtype), context=context)
-  v_u, v_c = v[:b], v[b:]
-  if detach_uncond:
-    v_u = jax.lax.stop_gradient(v_u)
-  return v_u + cfg * (v_c - v_u)
-
-
-def rollout(model: UnifiedModel, params, input_ids, attention_mask, rng, dc: DMConfig,
-            latent_hw: tuple[int, int]) -> tuple[Rollout, jax.Array]:
-  """SDE sampling (no gradients), one trajectory per prompt row: the trajectory and the images in [-1, 1].
-
-  Rows are the chat-templated prompts already repeated per sample (group-major), as the loss sees them.
-  """
+def rollout(model: UnifiedModel, params, condition: Condition, rng, dc: DMConfig, schedule: Schedule,
+            latent_hw: tuple[int, int]) -> tuple[Trajectory, jax.Array]:
+  """SDE sampling (no gradients), one text-to-image trajectory per condition row: the trajectory and the
+  images in [-1, 1]. Rows are the prompts already repeated per sample (group-major), as the loss sees them."""
   params = jax.lax.stop_gradient(params)
-  cond = model.condition(params, input_ids, attention_mask, task="t2i")
+  cond = model.condition(params, condition.ids, condition.mask, task="t2i", query_shift=condition.query_shift)
   k_x, k_sde = jax.random.split(rng)
   c = model.config.dit.in_channels
   x = jax.random.normal(k_x, (cond.shape[0],) + tuple(latent_hw) + (c,), jnp.float32).astype(cond.dtype)
-  sigmas, timesteps = dc.schedule()
-  ctx = guidance_context(model, params["dit"], cond)
-  vel = lambda x, t: guided_velocity(model, params["dit"], x, ctx, t, dc.cfg)
-  roll = sde_sample(vel, x, sigmas, timesteps, k_sde, dc.noise_level, dc.sde_steps, dc.log_prob_reduce)
-  return roll, model.decode(params, roll.latents[-1])
+  ctx = model.guidance_context(params["dit"], cond, dc.guidance)
+  vel = model.guided_velocity(params["dit"], ctx, dc.guidance)
+  traj = sde_sample(vel, x, schedule, k_sde, dc.noise_level, dc.log_prob_reduce)
+  return traj, model.decode(params, traj.latents[:, -1])
 
 
-def denominator(roll: Rollout, rows: int):
-  """The number of trained (sample, step) rows: the loss's denominator, known before any micro-batch runs."""
-  return rows * jnp.sum(roll.sde_mask).astype(jnp.float32)
+@dataclasses.dataclass(frozen=True)
+class DMLoss:
+  """L_pg + β·KL of the DM trajectories in `Experience.<field>`, averaged over the trained (sample, step) rows.
 
-
-def dm_loss_sum(model: UnifiedModel, params, ref_params, input_ids, attention_mask, roll: Rollout, advantages,
-                dc: DMConfig):
-  """Σ over the SDE (sample, step) rows of L_pg + β·KL, recomputed on the stored trajectory; divide by
-  `denominator` (summed over micro-batches, this is exact).
-
-  `advantages` (rows,) are shared by every step of a trajectory. One on-policy update: ρ ≡ 1 (see
-  `dm_policy_loss`); the rollout-vs-recompute log-prob gap is reported as `logp_mismatch` (a max, not a sum).
+  The per-row sum is divided by the whole step's `denominator`, so summing over micro-batches is exact. One
+  on-policy update: ρ ≡ 1 (`dm_policy_loss`); the rollout-vs-recompute log-prob gap is `logp_mismatch`.
   """
-  sigmas, _ = dc.schedule()
-  sigmas = jnp.asarray(sigmas)
-  cond = model.condition(params, input_ids, attention_mask, task="t2i")
-  cond_ref = model.condition(ref_params, input_ids, attention_mask, task="t2i")
-  b = cond.shape[0]
-  # The caption K/V once for all steps; their gradient accumulates over the steps that read them.
-  ctx = guidance_context(model, params["dit"], cond)
-  ctx_ref = jax.lax.stop_gradient(guidance_context(model, ref_params["dit"], cond_ref))
 
-  def step(carry, i):
-    x, prev = roll.latents[i], roll.latents[i + 1]
-    t = jnp.full((b,), roll.timesteps[i])
-    v = guided_velocity(model, params["dit"], x, ctx, t, dc.cfg, dc.detach_uncond)
-    v_ref = jax.lax.stop_gradient(guided_velocity(model, ref_params["dit"], x, ctx_ref, t, dc.cfg))
-    out = sde_step(x, v, sigmas[i], sigmas[i + 1], sigmas[1], dc.noise_level, prev=prev, reduce=dc.log_prob_reduce)
-    mask = jnp.broadcast_to(roll.sde_mask[i], (b,))
-    pg, _, st = dm_policy_loss(out.log_prob, None, advantages, dc.clip_eps, mask)
-    if dc.kl == "mean":
-      ref_mean = sde_step(x, v_ref, sigmas[i], sigmas[i + 1], sigmas[1], dc.noise_level, prev=prev).mean
-      kl, _ = dm_kl(out.mean, ref_mean, out.std, mask)
-    else:
-      kl, _ = dm_kl(v, v_ref, 1.0, mask, kind="velocity")
-    gap = jnp.max(jnp.where(mask, jnp.abs(out.log_prob - roll.log_probs[i]), 0.0))
-    pg_s, kl_s, clip_s, akl_s, gap_s, rmin, rmax = carry
-    return (pg_s + pg, kl_s + kl, clip_s + st["clip_count"], akl_s + st["approx_kl_sum"], jnp.maximum(gap_s, gap),
-            jnp.minimum(rmin, st["ratio_min"]), jnp.maximum(rmax, st["ratio_max"])), None
+  model: UnifiedModel
+  dc: DMConfig
+  field: str = "dm"
+  prefix: str = ""  # metric names of a second DM part (e.g. "cycle_")
 
-  body = jax.checkpoint(step) if dc.remat_steps else step
-  zero = jnp.zeros((), jnp.float32)
-  init = (zero,) * 5 + (jnp.float32(jnp.inf), jnp.float32(-jnp.inf))
-  (pg, kl, clips, akl, gap, rmin, rmax), _ = jax.lax.scan(body, init, jnp.arange(roll.timesteps.shape[0]))
-  return pg + dc.beta * kl, {"policy_loss": pg, "kl": kl, "clip_frac": clips, "approx_kl": akl,
-                             "logp_mismatch": gap, "ratio_min": rmin, "ratio_max": rmax}
+  def denominator(self, exp: Experience):
+    return exp.rows * jnp.sum(exp.schedule.sde_mask).astype(jnp.float32)
+
+  def loss_sum(self, params, ref_params, exp: Experience) -> tuple[jax.Array, dict]:
+    model, dc = self.model, self.dc
+    rows: DMRows = getattr(exp, self.field)
+    sched = exp.schedule
+    sigmas = sched.sigmas
+    cd = rows.condition
+    cond = model.condition(params, cd.ids, cd.mask, task="t2i", query_shift=cd.query_shift)
+    cond_ref = model.condition(ref_params, cd.ids, cd.mask, task="t2i", query_shift=cd.query_shift)
+    b = cond.shape[0]
+    g = dc.guidance
+    # The caption K/V once for all steps; their gradient accumulates over the steps that read them.
+    ctx = model.guidance_context(params["dit"], cond, g)
+    ctx_ref = jax.lax.stop_gradient(model.guidance_context(ref_params["dit"], cond_ref, g))
+    vel = model.guided_velocity(params["dit"], ctx, g, detach_uncond=dc.detach_uncond)
+    vel_ref = model.guided_velocity(ref_params["dit"], ctx_ref, g)
+    latents = jnp.moveaxis(rows.trajectory.latents, 1, 0)  # (n + 1, B, ...)
+    old_lp = jnp.moveaxis(rows.trajectory.log_probs, 1, 0)  # (n, B)
+    adv = exp.advantages
+
+    def step(carry, i):
+      x, prev = latents[i], latents[i + 1]
+      t = jnp.full((b,), sched.timesteps[i])
+      v = vel(x, t)
+      v_ref = jax.lax.stop_gradient(vel_ref(x, t))
+      out = sde_step(x, v, sigmas[i], sigmas[i + 1], sched.sigma_1, dc.noise_level, prev=prev,
+                     reduce=dc.log_prob_reduce)
+      mask = jnp.broadcast_to(sched.sde_mask[i], (b,))
+      pg, _, st = dm_policy_loss(out.log_prob, None, adv, dc.clip_eps, mask)
+      if dc.kl == "mean":
+        ref_mean = sde_step(x, v_ref, sigmas[i], sigmas[i + 1], sched.sigma_1, dc.noise_level, prev=prev).mean
+        kl, _ = dm_kl(out.mean, ref_mean, out.std, mask)
+      else:
+        kl, _ = dm_kl(v, v_ref, 1.0, mask, kind="velocity")
+      gap = jnp.max(jnp.where(mask, jnp.abs(out.log_prob - old_lp[i]), 0.0))
+      pg_s, kl_s, clip_s, akl_s, gap_s, rmin, rmax = carry
+      return (pg_s + pg, kl_s + kl, clip_s + st["clip_count"], akl_s + st["approx_kl_sum"],
+              jnp.maximum(gap_s, gap), jnp.minimum(rmin, st["ratio_min"]), jnp.maximum(rmax, st["ratio_max"])), None
+
+    body = jax.checkpoint(step) if dc.remat_steps else step
+    zero = jnp.zeros((), jnp.float32)
+    init = (zero,) * 5 + (jnp.float32(jnp.inf), jnp.float32(-jnp.inf))
+    (pg, kl, clips, akl, gap, rmin, rmax), _ = jax.lax.scan(body, init, jnp.arange(sched.steps))
+    p = self.prefix
+    return pg + dc.beta * kl, {p + "policy_loss": pg, p + "kl": kl, p + "clip_frac": clips, p + "approx_kl": akl,
+                               p + "logp_mismatch": gap, p + "ratio_min": rmin, p + "ratio_max": rmax}
+
+  def metrics(self, stats: dict, den, rows: int) -> dict:
+    p = self.prefix
+    out = {p + k: stats[p + k] / den for k in ("policy_loss", "kl", "clip_frac", "approx_kl")}
+    out.update({p + k: stats[p + k] for k in ("logp_mismatch", "ratio_min", "ratio_max")})
+    return out

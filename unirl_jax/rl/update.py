@@ -1,85 +1,82 @@
-"""One GRPO gradient over a batch of trajectories: L_DM (+ L_LM for CoT) accumulated over micro-batches of
-trajectory rows, each loss a sum divided by the whole batch's denominator, so any split gives the same gradient."""
+"""One GRPO gradient over a step's experience: the sum of a task's loss parts (DM, LM, ...), accumulated over
+micro-batches of trajectory rows; each part is a sum divided by the whole step's denominator, so any split
+gives the same gradient (docs/algorithms.md §4)."""
 
 from __future__ import annotations
 
+from typing import Protocol, Sequence
+
 import jax
 import jax.numpy as jnp
-import optax
 
-from unirl_jax.diffusion.sde import Rollout
-from unirl_jax.rl import dm, lm
 from unirl_jax import train_state
+from unirl_jax.rl.batch import Experience
 from unirl_jax.train_state import merge
 
 
-COMBINE = {"logp_mismatch": jnp.maximum, "ratio_max": jnp.maximum, "ratio_min": jnp.minimum}  # others: sums
+class LossPart(Protocol):
+  """A term of a task's loss (rl.dm.DMLoss, rl.lm.LMLoss)."""
+
+  def denominator(self, exp: Experience) -> jax.Array: ...
+
+  def loss_sum(self, params, ref_params, exp: Experience) -> tuple[jax.Array, dict]: ...
+
+  def metrics(self, stats: dict, den, rows: int) -> dict: ...
 
 
-def _chunks(x, m: int, axis: int = 0):
-  """Splits `axis` (the rows) into (m, rows/m) and moves the micro-batch index to the front."""
-  x = jnp.moveaxis(x, axis, 0)
-  x = x.reshape((m, x.shape[0] // m) + x.shape[1:])
-  return jnp.moveaxis(x, 1, axis + 1)
+def _combine(name: str):
+  """How a statistic accumulates over micro-batches: extrema by their name, everything else by sum."""
+  if name.endswith("logp_mismatch") or name.endswith("ratio_max"):
+    return jnp.maximum
+  if name.endswith("ratio_min"):
+    return jnp.minimum
+  return jnp.add
 
 
-def grpo_grads(model, trainable, frozen, ref_trainable, batch: dict, dc: dm.DMConfig, lc: lm.LMConfig | None = None,
-               micro_batch: int = 0):
-  """-> (loss, grads, metrics). batch: "ids", "mask" (rows, T) DM condition prompts, "roll" (Rollout over rows),
-  "advantages" (rows,); with an LM (CoT) also "prompt_ids", "prompt_mask", "completion", "comp_mask".
+def _chunks(x, m: int):
+  """(rows, ...) -> (m, rows / m, ...)."""
+  return x.reshape((m, x.shape[0] // m) + x.shape[1:])
 
-  micro_batch: trajectories per micro-batch (0 = all at once); must divide the rows.
-  """
-  roll: Rollout = batch["roll"]
-  rows = batch["advantages"].shape[0]
+
+def grpo_grads(parts: Sequence[LossPart], trainable, frozen, ref_trainable, exp: Experience, micro_batch: int = 0):
+  """-> (loss, grads, metrics). micro_batch: trajectories per backward pass (0 = all at once); must divide the rows."""
+  rows = exp.rows
   mb = micro_batch or rows
   if rows % mb:
-    raise ValueError(f"micro_batch {mb} does not divide the {rows} trajectories of a step")
+    raise ValueError(f"train.micro_batch {mb} does not divide the {rows} trajectories of a step")
   m = rows // mb
-  with_lm = "completion" in batch
-  dm_den = dm.denominator(roll, rows)
-  lm_den = lm.denominator(batch["comp_mask"], lc) if with_lm else None
-  keys = ["ids", "mask", "advantages"] + (["prompt_ids", "prompt_mask", "completion", "comp_mask"] if with_lm else [])
-  chunks = {k: _chunks(batch[k], m) for k in keys}
-  chunks["latents"] = _chunks(roll.latents, m, axis=1)
-  chunks["log_probs"] = _chunks(roll.log_probs, m, axis=1)
+  dens = [p.denominator(exp) for p in parts]
+  chunks = jax.tree.map(lambda x: _chunks(x, m), exp.row_part())
 
-  def loss_fn(tr, ch):
+  def loss_fn(tr, ch: Experience):
     params, ref = merge(tr, frozen), merge(ref_trainable, frozen)
-    r = Rollout(ch["latents"], ch["log_probs"], roll.timesteps, roll.sde_mask)
-    s, stats = dm.dm_loss_sum(model, params, ref, ch["ids"], ch["mask"], r, ch["advantages"], dc)
-    loss = s / dm_den
-    if with_lm:
-      ls, lstats = lm.lm_loss_sum(model.lm, params["lm"], ref["lm"], ch["prompt_ids"], ch["prompt_mask"],
-                                  ch["completion"], ch["comp_mask"], ch["advantages"], lc)
-      loss = loss + ls / lm_den
-      stats = {**stats, **lstats, "lm_loss": ls}
+    ch = ch.replace(schedule=exp.schedule)
+    loss, stats = None, {}
+    for part, den in zip(parts, dens):
+      s, st = part.loss_sum(params, ref, ch)
+      loss = s / den if loss is None else loss + s / den
+      stats.update(st)
     return loss, stats
 
   def body(carry, ch):
     g_acc, l_acc, s_acc = carry
     (loss, stats), g = jax.value_and_grad(loss_fn, has_aux=True)(trainable, ch)
-    s_new = {k: COMBINE.get(k, jnp.add)(s_acc[k], v) for k, v in stats.items()}
+    s_new = {k: _combine(k)(s_acc[k], v) for k, v in stats.items()}
     return (jax.tree.map(jnp.add, g_acc, g), l_acc + loss, s_new), None
 
   stat_shapes = jax.eval_shape(loss_fn, trainable, jax.tree.map(lambda x: x[0], chunks))[1]
-  start = {"ratio_min": jnp.inf, "ratio_max": -jnp.inf}
+  start = lambda k: jnp.inf if k.endswith("ratio_min") else -jnp.inf if k.endswith("ratio_max") else 0
   init = (jax.tree.map(jnp.zeros_like, trainable), jnp.zeros((), jnp.float32),
-          {k: jnp.full(v.shape, start.get(k, 0), v.dtype) for k, v in stat_shapes.items()})
+          {k: jnp.full(v.shape, start(k), v.dtype) for k, v in stat_shapes.items()})
   (grads, loss, s), _ = jax.lax.scan(body, init, chunks)
-  metrics = {k: s[k] / dm_den for k in ("policy_loss", "kl", "clip_frac", "approx_kl")}
-  metrics.update({k: s[k] for k in ("logp_mismatch", "ratio_min", "ratio_max")})
-  if with_lm:
-    metrics.update(lm_loss=s["lm_loss"] / lm_den, lm_kl=s["lm_kl_tokens"] / jnp.maximum(s["lm_tokens"], 1.0),
-                   completion_tokens=s["lm_tokens"] / rows)
+  metrics = {}
+  for part, den in zip(parts, dens):
+    metrics.update(part.metrics(s, den, rows))
   return loss, grads, metrics
 
 
-def update_step(model, tx, dc: dm.DMConfig, lc: lm.LMConfig | None, micro_batch: int, state: dict, frozen,
-                ref_trainable, batch: dict):
+def update_step(parts: Sequence[LossPart], tx, micro_batch: int, state: dict, frozen, ref_trainable, exp: Experience):
   """The jitted GRPO update: gradient, non-finite guard (the step is skipped and counted), optimizer."""
-  loss, grads, m = grpo_grads(model, state["trainable"], frozen, ref_trainable, batch, dc, lc, micro_batch)
-  gnorm = optax.global_norm(grads)
-  finite = jnp.isfinite(loss) & jnp.isfinite(gnorm)
-  state = train_state.guarded_update(tx, state, grads, finite)
-  return state, {"loss": loss, "grad_norm": gnorm, "skipped": (~finite).astype(jnp.int32), **m}
+  loss, grads, m = grpo_grads(parts, state["trainable"], frozen, ref_trainable, exp, micro_batch)
+  state, g = train_state.apply_gradients(tx, state, loss, grads)
+  return state, {"loss": loss, **g, **m}

@@ -1,0 +1,60 @@
+"""The typed pytrees a GRPO step moves around: conditions, trajectories, completions, and the step's experience.
+
+Every array field of a row struct has the trajectories on axis 0, so a step splits into micro-batches (and
+shards over the mesh's batch axes) along that axis; what all rows share (the denoising schedule) lives apart.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+from flax import struct
+
+from unirl_jax.diffusion.sde import Schedule, Trajectory
+
+
+@struct.dataclass
+class Condition:
+  """The chat-templated prompt the LM + queries + connector turn into the DM's caption input."""
+
+  ids: jax.Array  # (B, T) int32, left-padded
+  mask: jax.Array  # (B, T) int32
+  query_shift: Optional[jax.Array] = None  # (B,) int32: empty positions before the queries (right padding)
+
+
+@struct.dataclass
+class DMRows:
+  """One DM trajectory per row and the condition it was sampled under."""
+
+  condition: Condition
+  trajectory: Trajectory
+
+
+@struct.dataclass
+class Completions:
+  """One LM completion per row: its prompt (left-padded) and the sampled tokens."""
+
+  prompt_ids: jax.Array  # (B, P) int32
+  prompt_mask: jax.Array  # (B, P) int32
+  tokens: jax.Array  # (B, N) int32, pad after EOS
+  mask: jax.Array  # (B, N) float32: tokens up to and including the first EOS
+
+
+@struct.dataclass
+class Experience:
+  """A step's rollouts, ready for the loss. Which fields are set is the task's structure (static), not data:
+  t2i fills `dm`, CoT `dm` and `lm`; a task with a second trajectory per row (editing's cycle) adds its own."""
+
+  advantages: jax.Array  # (B,) one per row, shared by every loss part of the row
+  schedule: Optional[Schedule] = None  # shared by all rows (not split or sharded)
+  dm: Optional[DMRows] = None
+  lm: Optional[Completions] = None
+
+  @property
+  def rows(self) -> int:
+    return self.advantages.shape[0]
+
+  def row_part(self) -> "Experience":
+    """Everything with the rows on axis 0 (the schedule removed)."""
+    return self.replace(schedule=None)

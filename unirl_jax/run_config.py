@@ -1,0 +1,278 @@
+"""Typed run configs: the ml_collections config of a run (with its `--config.x=y` overrides) becomes one frozen
+dataclass tree at start, before anything is built or compiled.
+
+Every setting is a field with a default and a comment; a config file may leave any of them out. A key that no
+field names is an error that names it and the nearest known key, so a misspelling fails at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from collections import abc
+from typing import Any, Mapping, Optional, Union
+
+from unirl_jax.rl.advantages import AdvantageConfig
+from unirl_jax.rl.dm import DMConfig
+from unirl_jax.rl.lm import LMConfig
+from unirl_jax.sharding import MeshConfig
+
+SUB_MODELS = ("lm", "connector", "dit")  # the layer stacks a remat policy applies to
+REMAT_POLICIES = ("none", "full", "save_dots")
+
+
+class ConfigError(ValueError):
+  """A run config that names an unknown setting or holds a bad value."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSettings:
+  init: str = "preset:tiny_qwen_vocab"  # "preset:NAME" (random init, unirl_jax.models.unified) or a unified ckpt dir
+  dtype: str = "float32"  # compute dtype; trainable params stay float32 master weights
+  # Activation recomputation per layer stack: one policy for all, or {"lm": ..., "connector": ..., "dit": ...}
+  # with "none" | "full" | "save_dots".
+  remat: Any = "none"
+  scan_unroll: int = 1  # layers per scan iteration (>= depth unrolls fully, faster on XLA:CPU)
+  frozen_dtype: Optional[str] = None  # e.g. "bfloat16": frozen weights and the reference policy stored so
+  vae_fit_steps: int = 0  # fit a random preset's DC-AE to the synthetic shapes first (unirl_jax.vae_fit)
+
+  def __post_init__(self):
+    object.__setattr__(self, "remat", _remat(self.remat))
+    if self.scan_unroll < 1:
+      raise ConfigError(f"model.scan_unroll must be >= 1, got {self.scan_unroll}")
+
+
+def _remat(value) -> Mapping[str, str]:
+  if isinstance(value, str):
+    if ":" in value or "," in value:
+      raise ConfigError(f"model.remat {value!r}: give one policy, or a dict per sub-model such as "
+                        f"{{'dit': 'full', 'lm': 'save_dots'}}")
+    value = {m: value for m in SUB_MODELS}
+  value = dict(value)
+  unknown = set(value) - set(SUB_MODELS)
+  if unknown:
+    raise ConfigError(f"model.remat: unknown sub-model(s) {sorted(unknown)}; known: {SUB_MODELS}")
+  for m, p in value.items():
+    if p not in REMAT_POLICIES:
+      raise ConfigError(f"model.remat.{m} {p!r} not one of {REMAT_POLICIES}")
+  return types.MappingProxyType(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimSettings:
+  lr: float = 1e-5  # peak learning rate
+  min_lr: float = 0.0  # floor of the decay (scaled with each group's peak)
+  warmup_steps: int = 0
+  schedule: str = "linear"  # "linear" (UniRL RL: to min_lr, no warmup) | "cosine" | "constant"
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+  weight_decay: float = 0.0
+  grad_clip: float = 0.0  # global-norm clip; 0 = off (the original RL runs have none)
+  group_lr: Mapping[str, float] = dataclasses.field(default_factory=dict)  # {top-level group: peak lr}
+
+  def __post_init__(self):
+    object.__setattr__(self, "group_lr", types.MappingProxyType(dict(self.group_lr)))
+    if self.schedule not in ("linear", "cosine", "constant"):
+      raise ConfigError(f"optim.schedule {self.schedule!r} not one of 'linear', 'cosine', 'constant'")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+  total_steps: int = 0  # optimizer steps; 0 = epochs x prompts / prompts per step (GRPO)
+  epochs: float = 0.0  # passes over the prompts, when total_steps is 0 (the original: 10, editing 200)
+  checkpoint_every: int = 50
+  keep_checkpoints: int = 2
+  sample_every: int = 0  # sample grids (GRPO); 0 = never
+  log_every: int = 10  # console lines
+  micro_batch: int = 0  # GRPO trajectories per backward pass; 0 = the whole step at once (same gradient)
+  tensorboard: bool = True
+  trainable: tuple[str, ...] = ("dit", "connector", "t2i_queries")  # param groups or paths ("lm/language_model")
+
+  def __post_init__(self):
+    if self.total_steps < 0 or self.epochs < 0:
+      raise ConfigError("train.total_steps and train.epochs must be >= 0")
+    if not self.trainable:
+      raise ConfigError("train.trainable names no params")
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchSettings:
+  repeats: int = 3  # timed repeats per phase (warm-up excluded)
+  new_tokens: int = 8  # decoded tokens in the LM phases (EOS off)
+  kv_cache_dtype: Optional[str] = None
+  compare_lm_batch: int = 2  # rows of the torch greedy-generate comparison
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPORun:
+  """A GRPO run (python -m unirl_jax.train --config configs/t2i_jpeg_tiny.py)."""
+
+  mode: str = "grpo"
+  task: str = "t2i"  # the scenario (unirl_jax.scenarios): "t2i" | "t2icot"
+  seed: int = 0
+  workdir: str = "workdir/grpo"
+  progress: bool = True  # a progress bar
+  model: ModelSettings = ModelSettings()
+  prompt_file: str = ""  # .txt (one per line) or .jsonl ("prompt"/"caption"); empty: `prompts`
+  prompts: tuple[str, ...] = ()  # empty: built-in shape prompts
+  prompts_per_step: int = 1  # groups per optimizer step
+  group_size: int = 8  # G samples per prompt
+  max_text_len: int = 48  # prompt tokens; a longer prompt is an error naming this setting
+  # "max_len": pad every prompt batch to max_text_len (one compile); "longest": to the step's longest prompt
+  # rounded up to text_pad_multiple (the original pads to the longest: few pads, a compile per new length).
+  text_pad: str = "max_len"
+  text_pad_multiple: int = 64
+  image_size: int = 32  # generated images, square pixels
+  reward: Union[str, tuple[str, ...]] = ("jpeg_compressibility",)  # registered reward names, summed ("a,b" too)
+  advantage: AdvantageConfig = AdvantageConfig()
+  dm: DMConfig = DMConfig()
+  lm: LMConfig = LMConfig()
+  optim: OptimSettings = OptimSettings()
+  train: TrainSettings = TrainSettings()
+  mesh: MeshConfig = MeshConfig()
+  bench: BenchSettings = BenchSettings()
+
+  def __post_init__(self):
+    if isinstance(self.reward, str):
+      object.__setattr__(self, "reward", tuple(s.strip() for s in self.reward.split(",")))
+    if not self.reward or not all(self.reward):
+      raise ConfigError(f"reward {self.reward!r} names no reward")
+    if self.text_pad not in ("max_len", "longest"):
+      raise ConfigError(f"text_pad {self.text_pad!r} not 'max_len' or 'longest'")
+    for name in ("prompts_per_step", "group_size", "max_text_len", "image_size", "text_pad_multiple"):
+      if getattr(self, name) < 1:
+        raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+  @property
+  def rows(self) -> int:
+    """Trajectories per step."""
+    return self.prompts_per_step * self.group_size
+
+  def total_steps(self, n_prompts: int) -> int:
+    """train.total_steps, or epochs x prompts / prompts per step (rounded up) when it is 0."""
+    if self.train.total_steps:
+      return self.train.total_steps
+    if not self.train.epochs:
+      raise ConfigError("set train.total_steps or train.epochs")
+    return max(1, math.ceil(self.train.epochs * n_prompts / self.prompts_per_step))
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSettings:
+  sources: tuple[str, ...] = ()  # JSONL manifests or "t2i:PATH"/"edit:PATH" parquet; empty: synthetic shapes
+  synthetic_n: int = 512  # images in the generated synthetic set
+  image_size: int = 32  # target images, square pixels (UniRL: 1024)
+  vit_size: int = 56  # the source image as the LM sees it (UniRL: 672 -> 576 tokens)
+  max_text_len: int = 64  # prompt tokens (longer ones are truncated, as the original)
+  batch_size: int = 8
+  edit_weight: float = -1.0  # share of editing batches; < 0: proportional to the record counts
+  skip_bad: bool = False  # skip (and count) bad records instead of stopping with file:line
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowLossSettings:
+  cond_dropout: float = 0.05  # each of: text only, reference only, both (unirl.md §2.7)
+  logit_normal_mean: float = 0.0
+  logit_normal_std: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainRun:
+  """Flow-matching pretraining (python -m unirl_jax.train --config configs/pretrain_tiny.py)."""
+
+  mode: str = "pretrain"
+  seed: int = 0
+  workdir: str = "workdir/pretrain"
+  model: ModelSettings = ModelSettings()
+  data: DataSettings = DataSettings()
+  loss: FlowLossSettings = FlowLossSettings()
+  optim: OptimSettings = OptimSettings(lr=1e-3, min_lr=1e-4, warmup_steps=10, schedule="cosine", grad_clip=1.0)
+  train: TrainSettings = TrainSettings(total_steps=300, checkpoint_every=100,
+                                       trainable=("dit", "connector", "t2i_queries", "i2i_queries"))
+  mesh: MeshConfig = MeshConfig()
+
+  def total_steps(self, n_prompts: int = 0) -> int:
+    if not self.train.total_steps:
+      raise ConfigError("pretraining needs train.total_steps")
+    return self.train.total_steps
+
+
+RUNS = {"grpo": GRPORun, "pretrain": PretrainRun}
+
+
+def load(config) -> Union[GRPORun, PretrainRun]:
+  """An ml_collections ConfigDict (or a plain dict) -> the typed run it describes (by its `mode`)."""
+  d = _plain(config)
+  mode = d.get("mode", "grpo")
+  if mode not in RUNS:
+    raise ConfigError(f"mode {mode!r} not one of {sorted(RUNS)}")
+  return build(RUNS[mode], d)
+
+
+def _plain(x):
+  if hasattr(x, "to_dict"):
+    x = x.to_dict()
+  if isinstance(x, Mapping):
+    return {k: _plain(v) for k, v in x.items()}
+  if isinstance(x, list):
+    return [_plain(v) for v in x]
+  return x
+
+
+def build(cls, d: Mapping, path: str = ""):
+  """The dataclass `cls` from a mapping; unknown keys and mistyped values are ConfigErrors naming the key."""
+  hints = typing.get_type_hints(cls)
+  names = [f.name for f in dataclasses.fields(cls)]
+  kw = {}
+  for key, value in d.items():
+    full = f"{path}{key}"
+    if key not in names:
+      near = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
+      hint = f"; did you mean '{path}{near[0]}'?" if near else ""
+      raise ConfigError(f"unknown setting {full!r}{hint} (known in {path.rstrip('.') or 'the run config'}: "
+                        f"{', '.join(names)})")
+    kw[key] = _coerce(hints[key], value, full)
+  try:
+    return cls(**kw)
+  except ConfigError:
+    raise
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"{path.rstrip('.') or 'run config'}: {e}") from None
+
+
+def _coerce(hint, value, name: str):
+  origin = typing.get_origin(hint)
+  args = typing.get_args(hint)
+  if dataclasses.is_dataclass(hint):
+    if isinstance(value, hint):
+      return value
+    if not isinstance(value, Mapping):
+      raise ConfigError(f"{name} must be a section (dict) of settings, got {value!r}")
+    return build(hint, value, name + ".")
+  if origin is Union:
+    if value is None and type(None) in args:
+      return None
+    for a in args:
+      if a is not type(None):
+        try:
+          return _coerce(a, value, name)
+        except ConfigError:
+          continue
+    raise ConfigError(f"{name}: {value!r} is not a {hint}")
+  if origin is tuple:
+    if isinstance(value, str):
+      return (value,)
+    if not isinstance(value, (list, tuple)):
+      raise ConfigError(f"{name} must be a list, got {value!r}")
+    return tuple(value)
+  if hint is Any or origin in (abc.Mapping, dict):
+    return value
+  if hint is float and isinstance(value, int) and not isinstance(value, bool):
+    return float(value)
+  if hint in (int, float, str, bool) and not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+    raise ConfigError(f"{name} must be {hint.__name__}, got {value!r}")
+  return value

@@ -1,0 +1,64 @@
+"""The task interface the GRPO engine (`unirl_jax.rl.trainer.GRPOTrainer`) drives.
+
+Per step the engine asks the task for a `Rollout` (the experience the loss needs, and what the rewards see),
+scores it with the configured rewards, turns the rewards into group advantages (groups are the task's rows in
+group-major order, `group_size` per prompt), and applies one update with the task's loss parts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, Optional
+
+import jax
+import numpy as np
+
+from unirl_jax.rl.batch import Experience
+
+
+@dataclasses.dataclass
+class RewardInputs:
+  """What the rewards of a step receive, one entry per row (host side)."""
+
+  images: np.ndarray  # (N, H, W, 3) uint8: the final images
+  prompts: list  # the caption of each row
+  completions: Optional[list] = None  # the LM's completion of each row (CoT, reasoning)
+  metadata: Optional[list] = None  # each row's prompt record fields (GenEval tags, answers, edit captions)
+
+
+@dataclasses.dataclass
+class Rollout:
+  experience: Experience  # on the mesh; advantages still unset
+  rewards: RewardInputs
+  samples: dict  # what the sample hook writes beside the grid (JSON-able), e.g. captions and completions
+
+
+class Task:
+  """A GRPO scenario. Subclasses set `name`, build their jitted rollout in __init__ and implement the rest."""
+
+  name: ClassVar[str]
+
+  def __init__(self, engine):
+    self.engine = engine
+
+  def loss_parts(self) -> tuple:
+    """The loss terms (rl.dm.DMLoss, rl.lm.LMLoss, ...) summed with the shared advantage."""
+    raise NotImplementedError
+
+  def rollout(self, step: int, rng: jax.Array) -> Rollout:
+    """The step's rollouts from the current policy (`engine.state["trainable"]` + `engine.frozen`)."""
+    raise NotImplementedError
+
+  def sample_images(self, rollout: Rollout) -> np.ndarray:
+    """The images of the step's sample grid, G per row of the grid."""
+    return rollout.rewards.images
+
+
+def jit_rows(engine, fn, *example_args, replicated_args: tuple[int, ...] = ()) -> Any:
+  """`jax.jit(fn)` with explicit shardings: the args at `replicated_args` replicated, the first two args the
+  trainable and frozen params in their shardings, the rest split by rows; outputs split by rows."""
+  shapes = jax.eval_shape(fn, *example_args)
+  in_sh = [engine.state_shardings["trainable"], jax.tree.map(lambda x: x.sharding, engine.frozen)]
+  for i, a in enumerate(example_args[2:], start=2):
+    in_sh.append(jax.tree.map(lambda _: engine.replicated, a) if i in replicated_args else engine.row_shardings(a))
+  return jax.jit(fn, in_shardings=tuple(in_sh), out_shardings=engine.row_shardings(shapes))

@@ -1,0 +1,122 @@
+"""The trainer skeleton every training loop shares (GRPO scenarios and pretraining): mesh, model build,
+trainable/frozen split placed on the mesh, optimizer, train state, Orbax checkpoints with exact resume,
+metrics (JSONL + TensorBoard), and hooks that run every N steps.
+
+A loop supplies `step_fn(step) -> (row, out)`; `fit` restores the latest checkpoint (and the data iterator's
+position, when the loop reads one), runs the remaining steps, logs each row, runs the hooks and checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from unirl_jax import checkpoint, metrics, optim, sharding, train_state
+from unirl_jax import tokenizer as tokenizer_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Hook:
+  """fn(step, out, log) after every `every`-th step (0: never); `out` is what the step returned beside its row."""
+
+  every: int
+  fn: Callable[[int, Any, metrics.MetricsLog], None]
+
+
+class Trainer:
+  """Builds everything a run shares from its typed config; `fit` trains and resumes.
+
+  init: (model, params, model_dir) to start from instead of building them from `config.model`.
+  """
+
+  def __init__(self, config, workdir: str, total_steps: int, init: Optional[tuple] = None):
+    self.config = config
+    self.workdir = os.path.abspath(workdir)
+    os.makedirs(self.workdir, exist_ok=True)
+    self.total_steps = total_steps
+    self.mesh = sharding.make_mesh(config.mesh)
+    self.model, params, self.model_dir = init if init is not None else train_state.build_model(config.model,
+                                                                                            config.seed)
+    trainable, frozen = train_state.split(params, config.train.trainable)
+    self.frozen = self.place(train_state.cast_floating(frozen, config.model.frozen_dtype))
+    self.tx = optim.adamw(config.optim, total_steps, tuple(trainable))
+    self.state, self.state_shardings = train_state.init_state(self.place(trainable), self.tx, self.mesh)
+    self.ckpt = checkpoint.TrainCheckpoints(os.path.join(self.workdir, "checkpoints"),
+                                            max_to_keep=config.train.keep_checkpoints)
+    self.tok = tokenizer_lib.load(self.model_dir)
+    vocab = self.model.config.lm.text.vocab_size
+    if len(self.tok) > vocab:
+      raise ValueError(f"the tokenizer has {len(self.tok)} tokens but the LM vocabulary only {vocab} "
+                       f"(model.init {config.model.init!r} needs its own tokenizer files)")
+
+  # ---- placement ------------------------------------------------------------------------------
+
+  def place(self, tree: dict) -> dict:
+    """A subset of the unified params on the mesh by their logical axes."""
+    return train_state.place(self.model, tree, self.mesh)
+
+  @property
+  def replicated(self) -> NamedSharding:
+    return NamedSharding(self.mesh, P())
+
+  def row_shardings(self, tree):
+    """Shardings that split every leaf's axis 0 (the rows) over the mesh's batch axes."""
+    return jax.tree.map(lambda x: sharding.batch_sharding(self.mesh, np.ndim(x)), tree)
+
+  def put_rows(self, tree):
+    """Host arrays with the rows on axis 0 -> global arrays split over the batch axes. Each process passes the
+    rows it holds (`jax.make_array_from_process_local_data`); on one process that is all of them."""
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
+        sharding.batch_sharding(self.mesh, np.ndim(x)), np.asarray(x)), tree)
+
+  def put_replicated(self, tree):
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.replicated, np.asarray(x)), tree)
+
+  def params(self) -> dict:
+    return train_state.merge(jax.device_get(self.state["trainable"]), jax.device_get(self.frozen))
+
+  # ---- the loop -------------------------------------------------------------------------------
+
+  def fit(self, step_fn: Callable[[int], tuple[dict, Any]], stop_after: Optional[int] = None, data=None,
+          hooks: Sequence[Hook] = (), postfix: Optional[Callable[[dict], dict]] = None,
+          progress: bool = False, desc: str = "train") -> list[dict]:
+    """Trains to `total_steps` (or stops after step `stop_after`, as a killed run would).
+
+    data: an iterator with get_state/set_state (grain), checkpointed with the train state.
+    """
+    from tqdm import tqdm
+    start = 0
+    if self.ckpt.latest_step() is not None:
+      self.state, extra = self.ckpt.restore(self.state, shardings=self.state_shardings, with_extra=True)
+      if data is not None:
+        if not extra or "data" not in extra:
+          raise ValueError(f"the checkpoint in {self.ckpt.manager.directory} has no data position to resume from")
+        data.set_state(extra["data"])
+      start = int(self.state["step"])
+      if not progress:
+        print(f"resumed from step {start} in {self.ckpt.manager.directory}")
+    last = min(self.total_steps, stop_after or self.total_steps)
+    history = []
+    bar = tqdm(range(start + 1, last + 1), initial=start, total=self.total_steps, desc=desc, disable=not progress)
+    with metrics.MetricsLog(self.workdir, start, self.config.train.tensorboard) as log:
+      for step in bar:
+        t0 = time.perf_counter()
+        row, out = step_fn(step)
+        row["step_time"] = time.perf_counter() - t0
+        history.append(row)
+        log.write(row)
+        if postfix is not None:
+          bar.set_postfix(postfix(row))
+        for hook in hooks:
+          if hook.every and step % hook.every == 0:
+            hook.fn(step, out, log)
+        if step % self.config.train.checkpoint_every == 0 or step == self.total_steps:
+          self.ckpt.save(step, self.state, extra=None if data is None else {"data": data.get_state()}, force=True)
+    self.ckpt.wait()
+    return history
