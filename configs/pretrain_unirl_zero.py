@@ -1,4 +1,4 @@
-"""UniRL-Zero base-model pretraining at the real size (unirl.md §1.2, §7.2), for accelerators.
+"""UniRL-Zero base-model pretraining at the real size (the original's scripts/train/pretrain/train.sh), for accelerators.
 
 Start from a unified checkpoint assembled from the converted experts:
   python -m convert unirl --lm ckpt/qwen2_5_vl_3b --dit ckpt/sana --vae ckpt/dc_ae --vocab-size 151668 --dst ckpt/base

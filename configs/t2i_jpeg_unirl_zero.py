@@ -1,4 +1,4 @@
-"""The JPEG sanity experiment at UniRL-Zero's real size (unirl.md §1.3, §7.1: train_blip3o_t2i_jepg.sh).
+"""The JPEG sanity experiment at UniRL-Zero's real size (the original's scripts/train/rl/train_blip3o_t2i_jepg.sh).
 
 8 prompts x G=8 images = 64 trajectories per optimiser step, 10 SDE steps at 1024 px, CFG 3.5, lr 1e-5 linear
 to 0 over the original's horizon (10 epochs over the prompts: train.epochs, so train.total_steps is derived from

@@ -1,4 +1,4 @@
-"""UniRL-Zero text-to-image GRPO with the GenEval reward at the real size (unirl.md §1.3, §5.2, §7.1:
+"""UniRL-Zero text-to-image GRPO with the GenEval reward at the real size (the original's
 train_blip3o_t2i.sh): the JPEG run's settings with GenEval's train_metadata.jsonl prompts.
 
 The "gen_eval" reward is an object-detector scorer that the original runs as a separate service; it is not

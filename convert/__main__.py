@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from convert.pipeline import export_kind, import_kind, kinds
-from convert.table import ConversionError
+from unirl_jax.convert.pipeline import export_kind, import_kind, kinds
+from unirl_jax.convert.table import ConversionError
 
 
 def main(argv=None) -> int:
@@ -18,7 +18,7 @@ def main(argv=None) -> int:
   if export:
     argv = argv[1:]
   if argv and argv[0] == "unirl":
-    from convert import unirl
+    from unirl_jax.convert import unirl
     return unirl.main(argv[1:], export=export)
   p = argparse.ArgumentParser(prog="python -m convert" + (" export" if export else ""),
                               description="Export an Orbax checkpoint to HF safetensors." if export else

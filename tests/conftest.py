@@ -32,11 +32,23 @@ def tiny_hf_config(**overrides):
   return Qwen2_5_VLConfig(**d)
 
 
+def randomize_biases_and_norms(model, seed=0, scale=0.05):
+  """Adds scale·N(0, 1) to every bias and norm weight (transformers inits them to exactly 0 and 1, where a bias or
+  norm mapping error could not fail a parity test)."""
+  import torch
+  g = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if name.endswith(".bias") or "norm" in name or ".ln_q." in name:
+        p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+  return model
+
+
 def save_tiny_hf(path, seed=0, **overrides):
   import torch
   from transformers import Qwen2_5_VLForConditionalGeneration
   torch.manual_seed(seed)
-  model = Qwen2_5_VLForConditionalGeneration(tiny_hf_config(**overrides))
+  model = randomize_biases_and_norms(Qwen2_5_VLForConditionalGeneration(tiny_hf_config(**overrides)), seed)
   model.save_pretrained(path)
   return path
 
@@ -54,7 +66,7 @@ def hf_model(hf_dir):
 
 @pytest.fixture(scope="session")
 def jax_dir(hf_dir, tmp_path_factory):
-  from convert.pipeline import import_qwen2_5_vl
+  from unirl_jax.convert.pipeline import import_qwen2_5_vl
   return import_qwen2_5_vl(hf_dir, str(tmp_path_factory.mktemp("jax") / "tiny"))
 
 

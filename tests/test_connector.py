@@ -69,7 +69,7 @@ def torch_connector(cfg, seed=0):
 
 
 def test_connector_matches_torch_reference():
-  from convert.connector import connector_params
+  from unirl_jax.convert.connector import connector_params
   cfg = connector.tiny()
   m = torch_connector(cfg)
   params = connector_params({k: v.numpy() for k, v in m.state_dict().items()}, cfg)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from convert.pipeline import export_qwen2_5_vl, import_qwen2_5_vl, write_sharded
-from convert.safetensors_io import SafetensorsDir, save_file
-from convert.table import ConversionError
+from unirl_jax.convert.pipeline import export_qwen2_5_vl, import_qwen2_5_vl, write_sharded
+from unirl_jax.convert.safetensors_io import SafetensorsDir, save_file
+from unirl_jax.convert.table import ConversionError
 from unirl_jax.models import qwen2_5_vl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from convert.__main__ import main as convert_main
-from convert.pipeline import import_kind, write_sharded
-from convert.safetensors_io import SafetensorsDir, save_file
-from convert.table import flatten
+from unirl_jax.convert.__main__ import main as convert_main
+from unirl_jax.convert.pipeline import import_kind, write_sharded
+from unirl_jax.convert.safetensors_io import SafetensorsDir, save_file
+from unirl_jax.convert.table import flatten
 from unirl_jax.models import dc_ae, qwen2_5_vl, sana, unified
 
 
@@ -80,7 +80,7 @@ def converted(src):
 
 
 def test_conversion_equals_the_parts(src, converted):
-  from convert.connector import connector_params
+  from unirl_jax.convert.connector import connector_params
   model, params = unified.load(converted)
   assert model.config.connector == src["cfg"].connector and model.config.num_queries == src["cfg"].num_queries
   assert model.config.dit == src["cfg"].dit and model.config.vae == src["cfg"].vae
@@ -199,8 +199,8 @@ def test_real_size_table_matches_the_torch_modules():
   from test_connector import TorchConnector
   from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-  from convert import qwen2_5_vl as qwen_rules
-  from convert import unirl
+  from unirl_jax.convert import qwen2_5_vl as qwen_rules
+  from unirl_jax.convert import unirl
   cfg = unified.unirl_zero_3b_1600m()
   exported = unirl.to_hf(unified.UnifiedModel(cfg).abstract_params(), unirl.rules(cfg), unirl.hf_shape(cfg))
   want = {"model.t2i_queries": (1, 256, 2048), "model.i2i_queries": (1, 256, 2048)}

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from convert.dc_ae import batch_norm_keys, export_dc_ae, import_dc_ae, rules
-from convert.safetensors_io import SafetensorsDir, save_file
-from convert.table import ConversionError, default_hf_shape
+from unirl_jax.convert.dc_ae import batch_norm_keys, export_dc_ae, import_dc_ae, rules
+from unirl_jax.convert.safetensors_io import SafetensorsDir, save_file
+from unirl_jax.convert.table import ConversionError, default_hf_shape
 from unirl_jax.models import dc_ae
 from unirl_jax.models.dc_ae_blocks import pixel_shuffle, pixel_unshuffle
 
@@ -150,8 +150,8 @@ def test_round_trip_is_bit_exact_and_loads_in_diffusers(cases, tmp_path):
 
 def test_spec_works_with_the_generic_pipeline(cases, tmp_path):
   """`convert.pipeline.import_model(SPEC, ...)` (what `python -m convert dc_ae` runs once registered) agrees."""
-  from convert.dc_ae import SPEC
-  from convert.pipeline import import_model
+  from unirl_jax.convert.dc_ae import SPEC
+  from unirl_jax.convert.pipeline import import_model
   c = cases["sana_bn"]
   _, params = dc_ae.load(import_model(SPEC, c.src, str(tmp_path / "jax")))
   for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(c.params)):

@@ -51,7 +51,7 @@ def test_schedule_from_diffusers_config(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_sana(tmp_path_factory):
-  from convert.pipeline import import_kind
+  from unirl_jax.convert.pipeline import import_kind
   from test_sana import diffusers_model
   m = diffusers_model(sana.tiny(), seed=4)
   d = tmp_path_factory.mktemp("sana_sampling")

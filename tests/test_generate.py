@@ -63,9 +63,16 @@ def test_t2i_grid_is_prompts_by_seeds(t2i_grid):
     assert np.abs(t[a].astype(int) - t[b].astype(int)).max() > 0, (a, b)
 
 
-def test_same_seed_same_image(ckpt, t2i_grid, tmp_path):
+def test_same_seed_same_image_and_a_run_workdir_finds_its_final_params(ckpt, t2i_grid, tmp_path, capsys):
+  """--ckpt takes a training run's workdir too (its final/ export)."""
+  import shutil
+  workdir = tmp_path / "run"
+  (workdir / "checkpoints").mkdir(parents=True)
+  assert run(str(workdir), tmp_path / "x.png", "--prompt", "a") == 2
+  assert "has not completed" in capsys.readouterr().err
+  shutil.copytree(ckpt, workdir / "final")
   out = tmp_path / "again.png"
-  assert run(ckpt, out, "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--seeds", "2", "--seed", "5") == 0
+  assert run(str(workdir), out, "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--seeds", "2", "--seed", "5") == 0
   np.testing.assert_array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(t2i_grid)))
 
 

@@ -44,7 +44,11 @@ def test_one_step_sde_uses_sigma_1_and_stays_finite():
   assert float(sde_sigma) == pytest.approx(0.7) and float(std) == pytest.approx(0.7)
   x = jnp.ones((2, 2, 2, 1))
   traj = sde_sample(lambda x, t: -x, x, sched, jax.random.PRNGKey(0))
-  assert traj.latents.shape == (2, 2, 2, 2, 1) and np.isfinite(np.asarray(traj.log_probs)).all()
+  assert traj.latents.shape == (2, 2, 2, 2, 1)
+  # σ 1 -> 0, v = -x = -1: μ = x·(1 − 0.49/2) + v·(−1) = 1.755, s = 0.7.
+  x1 = np.asarray(traj.latents[:, 1], np.float64)
+  want = (-(x1 - 1.755) ** 2 / (2 * 0.49) - np.log(0.7) - 0.5 * np.log(2 * np.pi)).reshape(2, -1).mean(1)
+  np.testing.assert_allclose(np.asarray(traj.log_probs[:, 0]), want, rtol=1e-5)
 
 
 def velocity(x, t):
@@ -200,7 +204,7 @@ def test_dm_and_lm_loss_gradients_reach_the_policy_side_only():
   ref = model.init_params(jax.random.PRNGKey(0))
   policy = jax.jit(lambda r: jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(9), p.shape,
                                                                                  p.dtype), r))(ref)
-  dc = dm.DMConfig(steps=2, beta=1.0)
+  dc = dm.DMConfig(steps=1, beta=1.0)
   sched = dc.schedule()
   ids = jax.random.randint(jax.random.PRNGKey(1), (2, 6), 0, model.config.lm.text.vocab_size)
   cond = Condition(ids, jnp.ones_like(ids))
@@ -208,8 +212,9 @@ def test_dm_and_lm_loss_gradients_reach_the_policy_side_only():
   toks = jax.random.randint(jax.random.PRNGKey(3), (2, 5), 0, model.config.lm.text.vocab_size)
   comps = Completions(ids, jnp.ones_like(ids), toks, completion_mask(toks, model.config.lm.eos_token_id))
   exp = Experience(jnp.zeros(2), sched, dm.DMRows(cond, traj), comps)
-  for part in (dm.DMLoss(model, dc), lm.LMLoss(model.lm, lm.LMConfig(beta=1.0))):
-    g_pol, g_ref = jax.jit(jax.grad(lambda p, r: part.loss_sum(p, r, exp)[0], argnums=(0, 1)))(policy, ref)
+  parts = (dm.DMLoss(model, dc), lm.LMLoss(model.lm, lm.LMConfig(beta=1.0)))
+  grads = jax.jit(lambda p, r: [jax.grad(lambda p, r: part.loss_sum(p, r, exp)[0], argnums=(0, 1))(p, r)
+                                for part in parts])(policy, ref)
+  for part, (g_pol, g_ref), moved in zip(parts, grads, ("dit", "lm")):
     assert not any(np.asarray(x).any() for x in jax.tree.leaves(g_ref)), type(part).__name__
-    moved = "dit" if isinstance(part, dm.DMLoss) else "lm"
     assert max(float(jnp.abs(x).max()) for x in jax.tree.leaves(g_pol[moved])) > 0, type(part).__name__

@@ -94,3 +94,22 @@ def test_remat_and_unroll_do_not_change_outputs(remat):
   np.testing.assert_allclose(v, ref_v, rtol=1e-6)
   for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(ref_g)):
     np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_full_attention_indexes_beyond_the_depth_are_never_reached_as_in_transformers(images):
+  """transformers loads a vision config whose fullatt_block_indexes point past its depth (it tests `i in
+  indexes` per block), so it must convert; such an index changes nothing."""
+  import dataclasses
+
+  import jax
+  import jax.numpy as jnp
+  base = qwen2_5_vl.tiny()
+  d = base.to_hf_dict()
+  d["vision_config"]["fullatt_block_indexes"] = [1, 40]
+  cfg = Qwen2_5_VLConfig.from_hf(d)
+  assert cfg.vision.fullatt_block_indexes == (1, 40)
+  pv, grid = images
+  params = qwen2_5_vl.init_params(base, jax.random.PRNGKey(0))
+  out = [qwen2_5_vl.Qwen2_5_VL(c).apply({"params": params}, jnp.asarray(pv), grid, method="get_image_features")
+         for c in (cfg, base.replace(vision=dataclasses.replace(base.vision, fullatt_block_indexes=(1,))))]
+  np.testing.assert_array_equal(np.asarray(out[0]), np.asarray(out[1]))

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from convert.pipeline import export_kind, import_kind
-from convert.safetensors_io import SafetensorsDir
+from unirl_jax.convert.pipeline import export_kind, import_kind
+from unirl_jax.convert.safetensors_io import SafetensorsDir
 from unirl_jax.models import sana
 from unirl_jax.models.sana_config import SanaConfig
 
@@ -181,7 +181,7 @@ def test_pipeline_folder_source(converted, tmp_path):
 
 def test_bad_shape_names_the_key(converted, tmp_path):
   from safetensors.torch import save_file
-  from convert.table import ConversionError
+  from unirl_jax.convert.table import ConversionError
   m, src, _ = converted["sana10"]
   bad = tmp_path / "bad"
   m.save_pretrained(bad)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import image_prompt, left_pad
 
-from convert.connector import connector_params
+from unirl_jax.convert.connector import connector_params
 from unirl_jax.models import unified
 
 
@@ -109,18 +109,18 @@ def test_real_size_preset_is_abstractly_initialisable():
 
 
 def test_execution_knobs_per_sub_model():
-  """model.remat takes one policy or one per sub-model; bad names are errors that name the setting."""
-  import ml_collections
-  from unirl_jax import train_state
-  knobs = lambda remat: train_state.execution_knobs(ml_collections.ConfigDict({"dtype": "bfloat16", "remat": remat}))
-  cfg = unified.with_execution(unified.tiny(), **knobs("dit:full,lm:save_dots"))
+  """model.remat takes one policy or one per sub-model (the others keep their preset's); bad names are errors
+  that name the setting."""
+  from unirl_jax import run_config, train_state
+  knobs = lambda remat: train_state.execution_knobs(run_config.ModelSettings(dtype="bfloat16", remat=remat))
+  cfg = unified.with_execution(unified.tiny(), **knobs({"dit": "full", "lm": "save_dots"}))
   assert (cfg.dit.remat, cfg.lm.remat, cfg.connector.remat) == ("full", "save_dots", "none")
   assert {cfg.dit.dtype, cfg.lm.dtype, cfg.connector.dtype, cfg.vae.dtype} == {"bfloat16"}
   cfg = unified.with_execution(unified.tiny(), **knobs("full"))
   assert (cfg.dit.remat, cfg.lm.remat, cfg.connector.remat) == ("full",) * 3
-  with pytest.raises(ValueError, match="unknown sub-model"):
-    unified.with_execution(unified.tiny(), **knobs("dit:full,decoder:none"))
-  with pytest.raises(ValueError, match="model.remat"):
+  with pytest.raises(run_config.ConfigError, match="unknown sub-model"):
+    knobs({"dit": "full", "decoder": "none"})
+  with pytest.raises(run_config.ConfigError, match="model.remat"):
     knobs("dit:full,dit:none")
-  with pytest.raises(ValueError, match="remat"):
-    unified.with_execution(unified.tiny(), **knobs("dit:sometimes"))
+  with pytest.raises(run_config.ConfigError, match=r"model\.remat\.dit 'sometimes'"):
+    knobs({"dit": "sometimes"})

@@ -26,7 +26,8 @@ UNIRL_VIT_SIZE = 672
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(prog="python -m unirl_jax.generate", description=__doc__.splitlines()[0])
-  p.add_argument("--ckpt", required=True, help="unified checkpoint dir (`python -m convert unirl`)")
+  p.add_argument("--ckpt", required=True,
+                 help="unified checkpoint dir (`python -m convert unirl`), or a training run's workdir (its final/)")
   p.add_argument("--prompt", action="append", required=True, help="caption, or edit instruction; repeatable")
   p.add_argument("--edit", metavar="SRC", help="source image to edit")
   p.add_argument("--out", required=True, help="PNG to write")
@@ -109,6 +110,17 @@ def edit_inputs(ckpt: str, cfg, path: str, instructions, vit_size: int, size: in
   return texts, np.concatenate([pv] * n), np.repeat(grid, n, axis=0), src
 
 
+def resolve_ckpt(path: str) -> str:
+  """A unified checkpoint dir, or a training workdir holding one in final/ (written when a run completes)."""
+  for cand in (path, os.path.join(path, "final")):
+    if os.path.exists(os.path.join(cand, "unified.json")):
+      return cand
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    raise FileNotFoundError(f"{path} is a training workdir without final/ (the run has not completed; it writes "
+                            f"final/ at its last step)")
+  raise FileNotFoundError(f"{path} has no unified.json (write one with `python -m convert unirl`) and no final/")
+
+
 def validate(args, cfg) -> int:
   """-> the output size; raises ValueError on a bad flag."""
   f = cfg.vae.spatial_compression_ratio * cfg.dit.patch_size
@@ -131,10 +143,8 @@ def main(argv=None) -> int:
   args = parse_args(argv)
   from unirl_jax.models import unified
   try:
-    cfg_path = os.path.join(args.ckpt, "unified.json")
-    if not os.path.exists(cfg_path):
-      raise FileNotFoundError(f"{args.ckpt} has no unified.json (write one with `python -m convert unirl`)")
-    with open(cfg_path) as f:
+    args.ckpt = resolve_ckpt(args.ckpt)
+    with open(os.path.join(args.ckpt, "unified.json")) as f:
       size = validate(args, unified.config_from_dict(json.load(f)))
   except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)

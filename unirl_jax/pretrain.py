@@ -1,4 +1,4 @@
-"""Flow-matching pretraining (cold start) of the unified model, unirl.md §1.2 and §2.7.
+"""Flow-matching pretraining (cold start) of the unified model, docs/algorithms.md §5.
 
 x_σ = (1−σ)·x₀ + σ·ε with σ ~ sigmoid(N(0, 1)) and no shift; target ε − x₀; MSE over all elements in fp32.
 Condition dropout per sample: text, reference, or both zeroed with probability p each. Trainable: DiT,
@@ -151,7 +151,3 @@ class Pretrainer(Trainer):
             f"{r['step_time']:.2f}s/step")
 
     return self.fit(step_fn, stop_after, data=it, hooks=[Hook(c.train.log_every, log_line)])
-
-  def export(self, path: str) -> str:
-    """A unified checkpoint dir of the current params (loadable by `python -m unirl_jax.generate`)."""
-    return unified.save(path, self.model.config, self.params(), overwrite=True)

@@ -175,7 +175,7 @@ class DataSettings:
 
 @dataclasses.dataclass(frozen=True)
 class FlowLossSettings:
-  cond_dropout: float = 0.05  # each of: text only, reference only, both (unirl.md §2.7)
+  cond_dropout: float = 0.05  # each of: text only, reference only, both (docs/algorithms.md §5)
   logit_normal_mean: float = 0.0
   logit_normal_std: float = 1.0
 

@@ -22,12 +22,13 @@ def run(config, workdir: str | None = None):
   workdir = workdir or run_cfg.workdir
   if run_cfg.mode == "grpo":
     from unirl_jax.rl.trainer import GRPOTrainer
-    return GRPOTrainer(run_cfg, workdir).run()
-  from unirl_jax.pretrain import Pretrainer
-  trainer = Pretrainer(run_cfg, workdir)
-  history = trainer.run()
-  out = trainer.export(os.path.join(workdir, "final"))
-  print(f"final params: {out} (python -m unirl_jax.generate --ckpt {out} --prompt ...)")
+    history = GRPOTrainer(run_cfg, workdir).run()
+  else:
+    from unirl_jax.pretrain import Pretrainer
+    trainer = Pretrainer(run_cfg, workdir)
+    history = trainer.run()
+    trainer.export()
+  print(f"final params: {os.path.join(workdir, 'final')} (python -m unirl_jax.generate --ckpt {workdir} --prompt ...)")
   return history
 
 

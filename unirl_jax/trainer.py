@@ -14,6 +14,7 @@ import time
 from typing import Any, Callable, Optional, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -44,6 +45,8 @@ class Trainer:
     self.model, params, self.model_dir = init if init is not None else train_state.build_model(config.model,
                                                                                             config.seed)
     trainable, frozen = train_state.split(params, config.train.trainable)
+    if init is not None:  # the update donates the train state: the caller's arrays must survive it
+      trainable = jax.tree.map(jnp.array, trainable)
     self.frozen = self.place(train_state.cast_floating(frozen, config.model.frozen_dtype))
     self.tx = optim.adamw(config.optim, total_steps, tuple(trainable))
     self.state, self.state_shardings = train_state.init_state(self.place(trainable), self.tx, self.mesh)
@@ -80,6 +83,13 @@ class Trainer:
 
   def params(self) -> dict:
     return train_state.merge(jax.device_get(self.state["trainable"]), jax.device_get(self.frozen))
+
+  def export(self, path: Optional[str] = None) -> str:
+    """A unified checkpoint dir of the current params (default WORKDIR/final; `python -m unirl_jax.generate
+    --ckpt WORKDIR` finds it), with the tokenizer files of the model it started from."""
+    from unirl_jax.models import unified
+    path = path or os.path.join(self.workdir, "final")
+    return unified.save(path, self.model.config, self.params(), side_files_from=self.model_dir, overwrite=True)
 
   # ---- the loop -------------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """JAX vs PyTorch (eager transformers / diffusers) on the same component and weights: check outputs, then time.
 
-Each compare_* builds a random torch reference, saves it, converts it with `convert.pipeline`, loads our port,
+Each compare_* builds a random torch reference, saves it, converts it with `unirl_jax.convert.pipeline`, loads our port,
 asserts both compute the same thing and times both (medians; JAX compile reported apart) in fp32.
 """
 
@@ -56,7 +56,7 @@ def _knobs(cfg) -> dict:
 
 def _convert(kind: str, module, tmp: str) -> str:
   """save_pretrained + import into our format -> the converted dir."""
-  from convert.pipeline import import_kind
+  from unirl_jax.convert.pipeline import import_kind
   module.save_pretrained(f"{tmp}/torch")
   return import_kind(kind, f"{tmp}/torch", f"{tmp}/jax")
 

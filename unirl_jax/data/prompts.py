@@ -1,4 +1,4 @@
-"""UniRL's chat formats for the image-generation conditioning path (unirl.md §1.2, §1.3).
+"""UniRL's chat formats for the image-generation conditioning path (UniRL's `grpo_blip3o.py` and pretraining data code).
 
 Pretraining wraps the request in a complete chat (the queries follow `<|im_start|>assistant\\n<|im_end|>\\n`);
 RL and inference end at `<|im_start|>assistant\\n`. The wording differs between the two, as in the original.

@@ -2,7 +2,7 @@
 
 Not the textbook formula: the endpoints come from the *shifted* 1000-step training table (so σ_min is
 shift(0.001)), a linspace between them is shifted again, and a terminal 0 is appended — the reference does
-exactly this, and UniRL's σ table (unirl.md §3.1) follows from it.
+exactly this, and UniRL's σ table (docs/algorithms.md §1) follows from it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Flow-GRPO's SDE step with Gaussian log-probs, and an SDE rollout as one `lax.scan` (unirl.md §3.2–3.3).
+"""Flow-GRPO's SDE step with Gaussian log-probs, and an SDE rollout as one `lax.scan` (docs/algorithms.md §2.1).
 
 σ_sde = a·√(σ / (1 − σ̃)), σ̃ = σ₁ where σ = 1 (the first step; `Schedule.sigma_1`); dt = σ' − σ < 0;
 μ = x·(1 + σ_sde²·dt/(2σ)) + v·(1 + σ_sde²·(1 − σ)/(2σ))·dt;  x' = μ + s·ε with s = σ_sde·√(−dt);

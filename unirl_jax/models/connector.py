@@ -1,7 +1,7 @@
 """UniRL's connector (`VisionTransformerProjector`, the `down_projector`): LM query states -> SANA caption input.
 
 N pre-norm bidirectional transformer blocks at LM width (per-head QK-RMSNorm, SwiGLU with biases, no
-positional encoding, no mask), a final RMSNorm and a Linear to SANA's caption width (unirl.md §2.4).
+positional encoding, no mask), a final RMSNorm and a Linear to SANA's caption width (UniRL's `VisionTransformerProjector`).
 """
 
 from __future__ import annotations

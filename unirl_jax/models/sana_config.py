@@ -103,7 +103,7 @@ class SanaConfig:
 
 
 def sana_1600m(**kw) -> SanaConfig:
-  """Efficient-Large-Model/Sana_1600M_1024px (unirl.md §2.5)."""
+  """Efficient-Large-Model/Sana_1600M_1024px (UniRL-Zero's diffusion expert)."""
   return SanaConfig(**kw)
 
 

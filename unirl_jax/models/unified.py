@@ -1,7 +1,7 @@
 """The UniRL-Zero unified model: Qwen2.5-VL -> meta-query states -> connector -> SANA conditioning; DC-AE latents.
 
 Params are one plain dict {"lm", "t2i_queries", "i2i_queries", "connector", "dit", "vae"}; the methods here
-are pure functions of (params, inputs) that RL and pretraining compose (unirl.md §0, §2.2–2.8).
+are pure functions of (params, inputs) that RL and pretraining compose (UniRL's `blip3oQwenModel`).
 """
 
 from __future__ import annotations
@@ -202,7 +202,7 @@ class UnifiedModel:
 
 
 def trainable_mask(params: dict, trainable=("dit", "connector", "t2i_queries", "i2i_queries")) -> dict:
-  """A bool pytree: True for params that train (the default is UniRL's pretraining set, unirl.md §2.8)."""
+  """A bool pytree: True for params that train (the default is UniRL's pretraining set)."""
   return {k: jax.tree.map(lambda _: k in trainable, v) for k, v in params.items()}
 
 
@@ -263,7 +263,7 @@ def save(path: str, cfg: UnifiedConfig, params: dict, side_files_from: str | Non
   """Writes a self-contained unified checkpoint dir (staged: nothing half-written is left on failure)."""
   import json
   import os
-  from convert.pipeline import copy_side_files, staged_dir
+  from unirl_jax.convert.pipeline import copy_side_files, staged_dir
   from unirl_jax import checkpoint
   with staged_dir(path, overwrite) as tmp:
     checkpoint.save_params(os.path.join(tmp, "params"), jax.device_get(params))

@@ -1,6 +1,6 @@
 """Reward functions, registered by name: fn(images uint8 (N, H, W, 3), prompts: list[str], completions:
 list[str] | None) -> float32 (N,). A config names one or several (comma-separated); the total is their
-unweighted sum, as in the original (unirl.md §5)."""
+unweighted sum, as in the original."""
 
 from __future__ import annotations
 

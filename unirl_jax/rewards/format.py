@@ -1,4 +1,4 @@
-"""The CoT format reward (unirl.md §5.5): 1 if the completion starts with `<answer>…</answer>` on its first line."""
+"""The CoT format reward (UniRL's CoT trainer): 1 if the completion starts with `<answer>…</answer>` on its first line."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""JPEG compressibility / incompressibility (unirl.md §5.1): size in KB of the image saved at quality 95."""
+"""JPEG compressibility / incompressibility (UniRL's sanity experiment): size in KB of the image saved at quality 95."""
 
 from __future__ import annotations
 

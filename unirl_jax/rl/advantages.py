@@ -1,4 +1,4 @@
-"""Group-relative advantages (unirl.md §3.4): per prompt group, (r − mean) / (std + eps), clipped."""
+"""Group-relative advantages (docs/algorithms.md §2.3): per prompt group, (r − mean) / (std + eps), clipped."""
 
 from __future__ import annotations
 

@@ -107,10 +107,12 @@ class GRPOTrainer(Trainer):
         json.dump(roll.samples, f, indent=1)
 
   def run(self, stop_after=None) -> list[dict]:
-    """Trains to the end (or stops after `stop_after`); the reward curve is drawn when the run is complete."""
+    """Trains to the end (or stops after `stop_after`); a complete run draws its reward curve and exports its
+    params to WORKDIR/final (a unified checkpoint: `python -m unirl_jax.generate --ckpt WORKDIR`)."""
     history = self.fit(self.train_step, stop_after, hooks=[Hook(self.config.train.sample_every, self._samples)],
                        postfix=lambda r: {"reward": f"{r['reward_mean']:.3f}", "s": f"{r['step_time']:.1f}"},
                        progress=self.config.progress, desc="grpo")
     if (stop_after or self.total_steps) >= self.total_steps:
       plot_curve(os.path.join(self.workdir, "metrics.jsonl"), os.path.join(self.workdir, "reward_curve.png"))
+      self.export()
     return history

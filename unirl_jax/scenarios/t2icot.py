@@ -37,7 +37,7 @@ class CoTTextToImage(TextToImage):
 
   def complete(self, texts: list[str], rng) -> tuple[Completions, list[str], Condition]:
     """The LM's completions of the CoT prompts (G per caption), and the DM condition rows built from them: the
-    whole decoded dialogue, special tokens stripped, re-tokenised without the chat template (unirl.md §3.5)."""
+    whole decoded dialogue, special tokens stripped, re-tokenised without the chat template (docs/algorithms.md §2.4)."""
     e = self.engine
     c = e.config
     g = c.group_size

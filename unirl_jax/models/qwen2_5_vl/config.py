@@ -99,8 +99,6 @@ class Qwen2_5_VLConfig:
       errors.append(f"vision.hidden_size {v.hidden_size} not divisible by num_heads {v.num_heads}")
     if v.window_size % (v.patch_size * v.spatial_merge_size):
       errors.append(f"vision.window_size {v.window_size} not a multiple of patch_size*spatial_merge_size")
-    if any(not 0 <= i < v.depth for i in v.fullatt_block_indexes):
-      errors.append(f"fullatt_block_indexes {v.fullatt_block_indexes} outside [0, {v.depth})")
     for name, tok in (("image_token_id", self.image_token_id), ("bos_token_id", self.bos_token_id),
                       ("pad_token_id", self.pad_token_id)):
       if not 0 <= tok < t.vocab_size:
@@ -207,7 +205,7 @@ class Qwen2_5_VLConfig:
 # ---- presets ------------------------------------------------------------------------------------
 
 def qwen2_5_vl_3b(**kw) -> Qwen2_5_VLConfig:
-  """Qwen/Qwen2.5-VL-3B-Instruct (unirl.md §2.1)."""
+  """Qwen/Qwen2.5-VL-3B-Instruct (the base of UniRL-Zero)."""
   return Qwen2_5_VLConfig(**kw)
 
 

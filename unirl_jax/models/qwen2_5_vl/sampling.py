@@ -171,8 +171,9 @@ class Sampler:
 
 
 @functools.lru_cache(maxsize=16)
-def sampler(model: Qwen2_5_VL, sc: SamplingConfig) -> Sampler:
-  return Sampler(model, sc)
+def sampler(config, sc: SamplingConfig) -> Sampler:
+  """One Sampler per (model config, sampling config), both frozen dataclasses compared by value."""
+  return Sampler(Qwen2_5_VL(config), sc)
 
 
 def generate(model: Qwen2_5_VL, params, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None,
@@ -181,5 +182,5 @@ def generate(model: Qwen2_5_VL, params, input_ids, attention_mask=None, pixel_va
   cfg = model.config
   sampling.setdefault("eos_token_ids", cfg.eos_token_id)
   sampling.setdefault("pad_token_id", cfg.pad_token_id)
-  return sampler(model, SamplingConfig(**sampling))(params, input_ids, attention_mask, pixel_values,
+  return sampler(model.config, SamplingConfig(**sampling))(params, input_ids, attention_mask, pixel_values,
                                                      image_grid_thw, rng)

@@ -196,7 +196,9 @@ class VisionTower(nn.Module):
                      dtype=dtype, param_dtype=pdtype)(pixel_values.astype(dtype))
     unit = cfg.spatial_merge_size**2
     x = x.reshape(n // unit, unit, -1)[layout.window_index].reshape(n, -1)
-    is_full = jnp.zeros((cfg.depth,), bool).at[np.asarray(cfg.fullatt_block_indexes, np.int32)].set(True)
+    # transformers tests `layer in fullatt_block_indexes`: an index outside [0, depth) is simply never reached.
+    full = [i for i in cfg.fullatt_block_indexes if 0 <= i < cfg.depth]
+    is_full = jnp.zeros((cfg.depth,), bool).at[np.asarray(full, np.int32)].set(True)
     block = layers.maybe_remat(VisionBlock, top.remat)
     blocks = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=0,
                      length=cfg.depth, unroll=top.scan_unroll, metadata_params={nn.PARTITION_NAME: "layers"})

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from convert.pipeline import ModelSpec
-from convert.table import FLATTEN_LINEAR, IDENTITY, LINEAR, Rule, default_hf_shape
+from unirl_jax.convert.pipeline import ModelSpec
+from unirl_jax.convert.table import FLATTEN_LINEAR, IDENTITY, LINEAR, Rule, default_hf_shape
 from unirl_jax.models.qwen2_5_vl.config import Qwen2_5_VLConfig
 
 _T = "language_model"

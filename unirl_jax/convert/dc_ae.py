@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from convert.pipeline import ModelSpec, export_model, import_model
-from convert.table import CONV1X1_LINEAR, CONV2D, IDENTITY, LINEAR, Rule
+from unirl_jax.convert.pipeline import ModelSpec, export_model, import_model
+from unirl_jax.convert.table import CONV1X1_LINEAR, CONV2D, IDENTITY, LINEAR, Rule
 from unirl_jax.models.dc_ae import DCAEConfig, abstract_params, decoder_blocks, encoder_blocks
 
 WEIGHTS_STEM = "diffusion_pytorch_model"  # diffusers' names: .safetensors, -0000i-of-0000n, .safetensors.index.json

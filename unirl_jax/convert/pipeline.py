@@ -15,8 +15,8 @@ from typing import Any, Callable, Optional
 import ml_dtypes
 import numpy as np
 
-from convert.safetensors_io import SafetensorsDir, save_file
-from convert.table import ConversionError, Rule, default_hf_shape, flatten, to_hf, to_params
+from unirl_jax.convert.safetensors_io import SafetensorsDir, save_file
+from unirl_jax.convert.table import ConversionError, Rule, default_hf_shape, flatten, to_hf, to_params
 from unirl_jax import checkpoint
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5")
@@ -144,7 +144,7 @@ def write_sharded(tensors: dict, directory: str, max_shard_bytes: int, name: str
 
 
 def _specs() -> dict[str, ModelSpec]:
-  from convert import dc_ae, qwen2_5_vl, sana
+  from unirl_jax.convert import dc_ae, qwen2_5_vl, sana
   return {s.kind: s for s in (qwen2_5_vl.SPEC, sana.SPEC, dc_ae.SPEC)}
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from convert.pipeline import ModelSpec
-from convert.table import CONV1X1_LINEAR, CONV2D, LINEAR, Rule
+from unirl_jax.convert.pipeline import ModelSpec
+from unirl_jax.convert.table import CONV1X1_LINEAR, CONV2D, LINEAR, Rule
 from unirl_jax.models.sana_config import SanaConfig
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from convert.table import IDENTITY, LINEAR, Rule, flatten, to_params
+from unirl_jax.convert.table import IDENTITY, LINEAR, Rule, flatten, to_params
 
 
 def rules(hf_prefix: str = "", path_prefix: str = "") -> list[Rule]:

@@ -2,7 +2,7 @@
 
 A UniRL (`blip3oQwenForCausalLM`) folder holds the Qwen2.5-VL keys plus `model.{t2i,i2i}_queries`,
 `model.down_projector.*` (connector), `model.dit.*` (diffusers SANA + the ref branch) and
-`model.gen_vision_tower.autoencoder.*` (diffusers DC-AE) (unirl.md §8.2–8.5). Its config.json describes the LM
+`model.gen_vision_tower.autoencoder.*` (diffusers DC-AE). Its config.json describes the LM
 only; the DiT/VAE configs default to the SANA-1600M / DC-AE f32c32 presets the original loads from the hub.
 
 `--lm/--dit/--vae` instead assembles a fresh unified checkpoint from separately converted parts: new connector,
@@ -22,13 +22,13 @@ import tempfile
 
 import numpy as np
 
-from convert import connector as connector_rules
-from convert import dc_ae as dc_ae_rules
-from convert import qwen2_5_vl as qwen_rules
-from convert import sana as sana_rules
-from convert.pipeline import DTYPES, META, copy_side_files, read_meta, staged_dir, write_sharded
-from convert.safetensors_io import SafetensorsDir
-from convert.table import ConversionError, Rule, default_hf_shape, flatten, to_hf, to_params
+from unirl_jax.convert import connector as connector_rules
+from unirl_jax.convert import dc_ae as dc_ae_rules
+from unirl_jax.convert import qwen2_5_vl as qwen_rules
+from unirl_jax.convert import sana as sana_rules
+from unirl_jax.convert.pipeline import DTYPES, META, copy_side_files, read_meta, staged_dir, write_sharded
+from unirl_jax.convert.safetensors_io import SafetensorsDir
+from unirl_jax.convert.table import ConversionError, Rule, default_hf_shape, flatten, to_hf, to_params
 
 DIT = "model.dit."
 VAE = "model.gen_vision_tower.autoencoder."
