@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from unirl_jax.convert.__main__ import main as convert_main
+from convert.__main__ import main as convert_main
 from unirl_jax.convert.pipeline import import_kind, write_sharded
 from unirl_jax.convert.safetensors_io import SafetensorsDir, save_file
 from unirl_jax.convert.table import flatten
