@@ -1,7 +1,5 @@
 """Flow-matching schedule vs diffusers, and CFG Euler sampling with SANA vs a diffusers scheduler loop."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
