@@ -19,4 +19,4 @@ demo: $(VENV)/.installed
 	$(PY) -m unirl_jax.chat
 
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=25 tests

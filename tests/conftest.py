@@ -1,9 +1,13 @@
-"""Test setup: 8 forced CPU devices (before jax is imported), offline hub, tiny HF reference models."""
+"""Test setup: 8 forced CPU devices and fast compiles (before jax is imported), offline hub, tiny HF reference
+models."""
 
 import os
 import sys
 
-os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+# Tests compile far more than they run (tiny models): LLVM's optimisation passes off halve XLA:CPU's compile
+# time. They only change how fast the machine code runs, not the HLO or the float semantics.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+                           " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -12,10 +16,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
-# Identical programs compiled again (a resumed trainer, a second sampler) come from this session's disk cache.
+# Identical programs compiled again (a resumed trainer, a second sampler, another test file's tiny model) come
+# from this session's disk cache, which the pytest-xdist workers of one run share.
 import tempfile  # noqa: E402
 
-jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="unirl_jax_xla_cache_"))
+_run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+_cache = (os.path.join(tempfile.gettempdir(), f"unirl_jax_xla_cache_{_run}") if _run
+          else tempfile.mkdtemp(prefix="unirl_jax_xla_cache_"))
+jax.config.update("jax_compilation_cache_dir", _cache)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 import numpy as np  # noqa: E402

@@ -3,6 +3,7 @@
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -96,21 +97,24 @@ def test_batches_have_fixed_shapes_and_resume_exactly(dataset, tok):
   ds = pipeline.make_dataset(recs, pre, batch_size=4, seed=0)
   it = iter(ds.to_iter_dataset())
   seen = [next(it) for _ in range(6)]
-  tasks = ["edit" if "pixel_values" in b else "t2i" for b in seen]
+  tasks = [b.task for b in seen]
   assert set(tasks) == {"t2i", "edit"}
   for b in seen:
-    assert b["input_ids"].shape == (4, 64) and b["images"].shape == (4, 32, 32, 3)
-    assert b["images"].min() >= -1 and b["images"].max() <= 1
-    assert (b["attention_mask"][:, -1] == 1).all()  # left padded
-    if "pixel_values" in b:
-      assert b["pixel_values"].shape == (4 * 16, 1176) and b["src_images"].shape == (4, 32, 32, 3)
-      assert ((b["input_ids"] == 151655).sum(1) == spec.vit_tokens).all()
+    assert b.input_ids.shape == (4, 64) and b.images.shape == (4, 32, 32, 3)
+    assert b.images.min() >= -1 and b.images.max() <= 1
+    assert (b.attention_mask[:, -1] == 1).all()  # left padded
+    if b.edit:
+      assert b.pixel_values.shape == (4 * 16, 1176) and b.src_images.shape == (4, 32, 32, 3)
+      assert ((b.input_ids == 151655).sum(1) == spec.vit_tokens).all()
+    else:
+      assert b.pixel_values is None and b.src_images is None
   state = it.get_state()
   after = [next(it) for _ in range(3)]
   it2 = iter(ds.to_iter_dataset())
   it2.set_state(json.loads(json.dumps(state)))
   for a, b in zip(after, [next(it2) for _ in range(3)]):
-    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert a.task == b.task
+    assert jax.tree.all(jax.tree.map(np.array_equal, a, b))
 
 
 def test_prompt_formats():

@@ -16,6 +16,7 @@ import numpy as np
 
 from unirl_jax import optim, run_config, sharding, train_state
 from unirl_jax.data import pipeline as data_pipeline
+from unirl_jax.data.pipeline import PretrainBatch
 from unirl_jax.data import records as records_lib
 from unirl_jax.models import unified
 from unirl_jax.trainer import Hook, Trainer
@@ -31,21 +32,18 @@ def flow_matching_terms(x0, eps, sigma, r, p: float):
   return x_t, eps - x0, drop_text, drop_ref
 
 
-def flow_matching_loss(model: unified.UnifiedModel, params: dict, batch: dict, rng: jax.Array, lc,
+def flow_matching_loss(model: unified.UnifiedModel, params: dict, batch: PretrainBatch, rng: jax.Array, lc,
                        vit_grid: Optional[tuple] = None) -> tuple[jax.Array, dict]:
-  """Mean squared velocity error; `batch` holds pixel_values/src_images for editing batches; lc: the run's
-  `run_config.FlowLossSettings`."""
+  """Mean squared velocity error; lc: the run's `run_config.FlowLossSettings`; vit_grid: the (t, h, w) patch
+  grid of every source image of an edit batch."""
   k_t, k_eps, k_drop, k_ref = jax.random.split(rng, 4)
-  x0 = jax.lax.stop_gradient(model.encode(params, batch["images"])).astype(jnp.float32)
+  x0 = jax.lax.stop_gradient(model.encode(params, batch.images)).astype(jnp.float32)
   b = x0.shape[0]
-  edit = "pixel_values" in batch
-  grid = None
-  if edit:
-    grid = tuple(tuple(vit_grid) for _ in range(b))
-  cond = model.condition(params, batch["input_ids"], batch["attention_mask"], batch.get("pixel_values"), grid,
-                         task="i2i" if edit else "t2i")
-  if edit:
-    ref = model.noisy_reference(jax.lax.stop_gradient(model.encode(params, batch["src_images"])), k_ref)
+  grid = tuple(tuple(vit_grid) for _ in range(b)) if batch.edit else None
+  cond = model.condition(params, batch.input_ids, batch.attention_mask, batch.pixel_values, grid,
+                         task="i2i" if batch.edit else "t2i")
+  if batch.edit:
+    ref = model.noisy_reference(jax.lax.stop_gradient(model.encode(params, batch.src_images)), k_ref)
   else:
     ref = jnp.zeros_like(x0)
   r = jax.random.uniform(k_drop, (b,))
@@ -98,8 +96,8 @@ class Pretrainer(Trainer):
 
   # ---- the step ---------------------------------------------------------------------------------
 
-  def _step_fn(self, batch: dict):
-    edit = "pixel_values" in batch
+  def _step_fn(self, batch: PretrainBatch):
+    edit = batch.edit
     if edit in self._steps:
       return self._steps[edit]
     model, lc, tx = self.model, self.config.loss, self.tx
@@ -115,17 +113,17 @@ class Pretrainer(Trainer):
 
     # Images and prompts split over the batch axes; the ViT patches of an edit batch stay whole (the vision
     # tower's window layout is per image, not per row).
-    batch_sh = {k: (self.replicated if k == "pixel_values" else sharding.batch_sharding(self.mesh, np.ndim(v)))
-                for k, v in batch.items()}
+    batch_sh = jax.tree.map(lambda v: sharding.batch_sharding(self.mesh, np.ndim(v)), batch)
+    batch_sh = batch_sh.replace(pixel_values=self.replicated) if edit else batch_sh
     frozen_sh = jax.tree.map(lambda x: x.sharding, self.frozen)
     fn = jax.jit(step, donate_argnums=(0,), in_shardings=(self.state_shardings, frozen_sh, batch_sh),
                  out_shardings=(self.state_shardings, self.replicated))
     self._steps[edit] = (fn, batch_sh)
     return self._steps[edit]
 
-  def train_step(self, batch: dict) -> dict:
+  def train_step(self, batch: PretrainBatch) -> dict:
     fn, batch_sh = self._step_fn(batch)
-    batch = {k: jax.make_array_from_process_local_data(batch_sh[k], np.asarray(v)) for k, v in batch.items()}
+    batch = jax.tree.map(lambda s, v: jax.make_array_from_process_local_data(s, np.asarray(v)), batch_sh, batch)
     self.state, m = fn(self.state, self.frozen, batch)
     return m
 
@@ -140,7 +138,7 @@ class Pretrainer(Trainer):
       batch = next(it)
       m = jax.device_get(self.train_step(batch))
       row = {"step": step, "loss": float(m["loss"]), "grad_norm": float(m["grad_norm"]),
-             "skipped": int(m["skipped"]), "task": "edit" if "pixel_values" in batch else "t2i",
+             "skipped": int(m["skipped"]), "task": batch.task,
              "lr": float(optim.schedule(c.optim.lr, self.total_steps, c.optim.warmup_steps, c.optim.min_lr,
                                         c.optim.schedule)(step - 1))}
       return row, None

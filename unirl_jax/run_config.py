@@ -15,13 +15,13 @@ import typing
 from collections import abc
 from typing import Any, Mapping, Optional, Union
 
+from unirl_jax.models.layers import KERNELS, REMAT_POLICIES
 from unirl_jax.rl.advantages import AdvantageConfig
 from unirl_jax.rl.dm import DMConfig
 from unirl_jax.rl.lm import LMConfig
 from unirl_jax.sharding import MeshConfig
 
 SUB_MODELS = ("lm", "connector", "dit")  # the layer stacks a remat policy applies to
-REMAT_POLICIES = ("none", "full", "save_dots")
 
 
 class ConfigError(ValueError):
@@ -36,6 +36,10 @@ class ModelSettings:
   # with "none" | "full" | "save_dots".
   remat: Any = "none"
   scan_unroll: int = 1  # layers per scan iteration (>= depth unrolls fully, faster on XLA:CPU)
+  # Kernel family of the layers: "cpu" (16-bit matmuls with a float32 result, depthwise convs as shifted adds:
+  # XLA:CPU's fast paths), "accelerator" (plain matmuls and convolutions), or "auto" (the backend the run is on).
+  # Set it to compile for another target than the host (python -m unirl_jax.bench --compile_only).
+  kernels: str = "auto"
   frozen_dtype: Optional[str] = None  # e.g. "bfloat16": frozen weights and the reference policy stored so
   vae_fit_steps: int = 0  # fit a random preset's DC-AE to the synthetic shapes first (unirl_jax.vae_fit)
 
@@ -43,6 +47,8 @@ class ModelSettings:
     object.__setattr__(self, "remat", _remat(self.remat))
     if self.scan_unroll < 1:
       raise ConfigError(f"model.scan_unroll must be >= 1, got {self.scan_unroll}")
+    if self.kernels not in KERNELS:
+      raise ConfigError(f"model.kernels {self.kernels!r} not one of {KERNELS}")
 
 
 def _remat(value) -> Mapping[str, str]:

@@ -13,8 +13,9 @@ from unirl_jax.models import unified
 
 def execution_knobs(model_cfg) -> dict:
   """The `unified.with_execution` knobs of a run's typed model settings (run_config.ModelSettings): compute
-  dtype, remat policy per layer stack, layers unrolled per scan iteration."""
-  return dict(dtype=model_cfg.dtype, remat=dict(model_cfg.remat), scan_unroll=model_cfg.scan_unroll)
+  dtype, remat policy per layer stack, layers unrolled per scan iteration, kernel family."""
+  return dict(dtype=model_cfg.dtype, remat=dict(model_cfg.remat), scan_unroll=model_cfg.scan_unroll,
+              kernels=model_cfg.kernels)
 
 
 def build_model(model_cfg, seed: int):

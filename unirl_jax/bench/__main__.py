@@ -4,7 +4,8 @@ Times a GRPO step and each phase (warm-up excluded, compile time apart, median a
 `config.bench.repeats`), with analytic FLOPs, achieved FLOP/s and MFU against the device's bf16 peak.
 `--compare torch` times the same component configs with the same weights in transformers/diffusers after
 checking both sides compute the same outputs. `--compile_only` lowers and compiles the update on abstract
-shapes (no weights: a real-size step on any host) and reports compile time and memory analysis.
+shapes (no weights: a real-size step on any host) and reports compile time and memory analysis; with
+`--config.model.kernels=accelerator` it compiles the layers a GPU/TPU runs rather than the CPU forms.
 """
 
 from __future__ import annotations

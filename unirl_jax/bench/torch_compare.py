@@ -51,7 +51,7 @@ def _n_params(module) -> int:
 
 def _knobs(cfg) -> dict:
   """The JAX-side execution knobs of `cfg` (remat, scan unroll, attention kernel) for the converted model."""
-  return {k: getattr(cfg, k) for k in ("remat", "scan_unroll", "attention_impl") if hasattr(cfg, k)}
+  return {k: getattr(cfg, k) for k in ("remat", "scan_unroll", "attention_impl", "kernels") if hasattr(cfg, k)}
 
 
 def _convert(kind: str, module, tmp: str) -> str:

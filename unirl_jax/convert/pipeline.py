@@ -144,8 +144,8 @@ def write_sharded(tensors: dict, directory: str, max_shard_bytes: int, name: str
 
 
 def _specs() -> dict[str, ModelSpec]:
-  from unirl_jax.convert import dc_ae, qwen2_5_vl, sana
-  return {s.kind: s for s in (qwen2_5_vl.SPEC, sana.SPEC, dc_ae.SPEC)}
+  from unirl_jax.convert import clip, dc_ae, qwen2_5_vl, sana
+  return {s.kind: s for s in (qwen2_5_vl.SPEC, sana.SPEC, dc_ae.SPEC, clip.SPEC)}
 
 
 def import_kind(kind: str, src: str, dst: str, **kw) -> str:

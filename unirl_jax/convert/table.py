@@ -132,7 +132,7 @@ def to_params(keys: Iterable[str], get: Callable[[str], np.ndarray], rules: list
     else:
       if rule.path in filled:
         raise ConversionError(f"key {key!r} given twice (param {rule.path})")
-      _set(out, rule.path, np.ascontiguousarray(value, dtype=dtype))
+      _set(out, rule.path, np.asarray(value, dtype=dtype, order="C"))  # (ascontiguousarray makes 0-d 1-d)
       filled[rule.path] = {0}
   if unexpected:
     raise ConversionError("unexpected keys (no param for them): " + ", ".join(repr(k) for k in unexpected[:20]) +
@@ -185,7 +185,7 @@ def to_hf(params: dict, rules: list[Rule], hf_shapes: Callable[[Rule, tuple], tu
 
     def compute(arr=arr, i=None, rule=rule, shape=shape, out_dtype=out_dtype):
       row = np.asarray(arr if i is None else arr[i])
-      return np.ascontiguousarray(rule.transform.to_hf(row, shape), dtype=out_dtype)
+      return np.asarray(rule.transform.to_hf(row, shape), dtype=out_dtype, order="C")
 
     for key, i in rows:
       out[key] = LazyTensor(shape, out_dtype, functools.partial(compute, i=i))

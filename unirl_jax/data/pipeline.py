@@ -11,7 +11,9 @@ import dataclasses
 from typing import Optional
 
 import grain
+import jax
 import numpy as np
+from flax import struct
 from PIL import Image
 
 from unirl_jax.data import prompts
@@ -33,6 +35,26 @@ class ImageSpec:
   @property
   def vit_tokens(self) -> int:
     return (self.vit_size // self.patch) ** 2 // self.merge**2
+
+
+@struct.dataclass
+class PretrainBatch:
+  """One pretraining batch, a single task: text-to-image rows, or edit rows that add the source image (for the
+  ViT and the DiT's reference latents). Leaves are numpy arrays from the pipeline, jax arrays in the step."""
+
+  input_ids: jax.Array  # (B, T) left-padded prompt ids
+  attention_mask: jax.Array  # (B, T)
+  images: jax.Array  # (B, H, W, 3) targets in [-1, 1]
+  pixel_values: Optional[jax.Array] = None  # (B * patches, C*T*P*P) ViT patches of the sources (edit)
+  src_images: Optional[jax.Array] = None  # (B, H, W, 3) sources in [-1, 1] (edit)
+
+  @property
+  def edit(self) -> bool:
+    return self.pixel_values is not None
+
+  @property
+  def task(self) -> str:
+    return "edit" if self.edit else "t2i"
 
 
 def square(img: Image.Image, size: int) -> Image.Image:
@@ -94,11 +116,11 @@ class Preprocessor:
             "pixel_values": np.asarray(vit["pixel_values"], np.float32)}
 
 
-def _stack(examples) -> dict:
+def _stack(examples) -> PretrainBatch:
   out = {k: np.stack([e[k] for e in examples]) for k in examples[0] if k != "pixel_values"}
   if "pixel_values" in examples[0]:
     out["pixel_values"] = np.concatenate([e["pixel_values"] for e in examples])  # (B * patches, C*T*P*P)
-  return out
+  return PretrainBatch(**out)
 
 
 def make_dataset(records: list[Record], pre: Preprocessor, batch_size: int, seed: int,

@@ -30,12 +30,15 @@ class ConnectorConfig:
   remat: str = "none"
   scan_unroll: int = 1
   attention_impl: Optional[str] = None
+  kernels: str = "auto"  # "cpu" | "accelerator" | "auto" (the default backend): layers.kernels_for
 
   def __post_init__(self):
     if self.hidden_size % self.num_heads:
       raise ValueError(f"connector hidden_size {self.hidden_size} not divisible by num_heads {self.num_heads}")
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"connector remat {self.remat!r} not one of {REMAT_POLICIES}")
+    if self.kernels not in layers.KERNELS:
+      raise ValueError(f"connector kernels {self.kernels!r} not one of {layers.KERNELS}")
 
   @property
   def head_dim(self) -> int:
@@ -68,12 +71,14 @@ class ConnectorAttention(nn.Module):
     cfg, kw = self.cfg, dict(dtype=self.dtype, param_dtype=self.param_dtype)
     b, n, _ = x.shape
     h, d = cfg.num_heads, cfg.head_dim
-    q, k, v = (layers.dense(h * d, ("embed", "heads"), name=f"{p}_proj", **kw)(x).reshape(b, n, h, d)
+    q, k, v = (layers.dense(h * d, ("embed", "heads"), name=f"{p}_proj",
+                            kernels=cfg.kernels, **kw)(x).reshape(b, n, h, d)
                for p in ("q", "k", "v"))
     q = layers.RMSNorm(cfg.rms_norm_eps, axis_name="head_dim", name="q_norm", **kw)(q)
     k = layers.RMSNorm(cfg.rms_norm_eps, axis_name="head_dim", name="k_norm", **kw)(k)
     o = layers.attention(q, k, v, implementation=cfg.attention_impl)
-    return layers.dense(cfg.hidden_size, ("heads", "embed"), name="out_proj", **kw)(o.reshape(b, n, h * d))
+    return layers.dense(cfg.hidden_size, ("heads", "embed"), name="out_proj",
+                        kernels=cfg.kernels, **kw)(o.reshape(b, n, h * d))
 
 
 class ConnectorBlock(nn.Module):
@@ -89,7 +94,7 @@ class ConnectorBlock(nn.Module):
     x = x + ConnectorAttention(cfg, name="attn", **kw)(
         layers.RMSNorm(cfg.rms_norm_eps, axis_name="embed", name="norm1", **kw)(x))
     h = layers.RMSNorm(cfg.rms_norm_eps, axis_name="embed", name="norm2", **kw)(x)
-    return x + layers.GatedMLP(cfg.intermediate_size, use_bias=True, name="ffn", **kw)(h), None
+    return x + layers.GatedMLP(cfg.intermediate_size, use_bias=True, name="ffn", kernels=cfg.kernels, **kw)(h), None
 
 
 class Connector(nn.Module):
@@ -106,7 +111,7 @@ class Connector(nn.Module):
                      length=cfg.num_layers, unroll=cfg.scan_unroll, metadata_params={nn.PARTITION_NAME: "layers"})
     x, _ = blocks(cfg, name="layers", **kw)(x.astype(kw["dtype"]), None)
     x = layers.RMSNorm(cfg.rms_norm_eps, axis_name="embed", name="norm_final", **kw)(x)
-    return layers.dense(cfg.out_dim, ("embed", "caption"), name="output_linear", **kw)(x)
+    return layers.dense(cfg.out_dim, ("embed", "caption"), name="output_linear", kernels=cfg.kernels, **kw)(x)
 
 
 def _boxed_init(cfg: ConnectorConfig, rng):

@@ -17,11 +17,13 @@ import jax
 import jax.numpy as jnp
 
 from unirl_jax.models import param_utils
+from unirl_jax.models.layers import KERNELS
 from unirl_jax.models.dc_ae_blocks import (ACTIVATIONS, NORM_TYPES, DCDownBlock2d, DCUpBlock2d, EfficientViTBlock,
                                           ResBlock, activation, conv, norm)
 
 BLOCK_TYPES = ("ResBlock", "EfficientViTBlock")
 DTYPES = ("float32", "bfloat16", "float16")
+EXEC_FIELDS = ("dtype", "param_dtype", "kernels")  # execution, not architecture: never in config.json
 _PER_STAGE = ("encoder_block_types", "decoder_block_types", "decoder_norm_types", "decoder_act_fns")
 
 
@@ -52,6 +54,7 @@ class DCAEConfig:
   # Execution, not architecture.
   dtype: str = "float32"  # compute dtype
   param_dtype: str = "float32"
+  kernels: str = "auto"  # "cpu" | "accelerator" | "auto" (the default backend): layers.kernels_for
 
   def __post_init__(self):
     n = {"encoder": len(self.encoder_block_out_channels), "decoder": len(self.decoder_block_out_channels)}
@@ -136,6 +139,8 @@ class DCAEConfig:
     for f in ("dtype", "param_dtype"):
       if getattr(self, f) not in DTYPES:
         errors.append(f"{f} {getattr(self, f)!r} not one of {DTYPES}")
+    if self.kernels not in KERNELS:
+      errors.append(f"kernels {self.kernels!r} not one of {KERNELS}")
     if errors:
       raise ValueError("invalid DCAEConfig: " + "; ".join(errors))
 
@@ -157,7 +162,7 @@ class DCAEConfig:
       d = dict(src)
     if d.get("_class_name", "AutoencoderDC") != "AutoencoderDC":
       raise ValueError(f"config is for {d['_class_name']!r}, not AutoencoderDC")
-    arch = {f.name for f in dataclasses.fields(cls)} - {"dtype", "param_dtype"}
+    arch = {f.name for f in dataclasses.fields(cls)} - set(EXEC_FIELDS)
     unknown = sorted(k for k in d if not k.startswith("_") and k not in arch)
     if unknown:
       warnings.warn(f"AutoencoderDC config keys ignored (diffusers ignores them too): {unknown}")
@@ -169,7 +174,7 @@ class DCAEConfig:
     """Constructor kwargs / config.json of diffusers' `AutoencoderDC` (`AutoencoderDC(**d)` after dropping `_*`)."""
     d = {"_class_name": "AutoencoderDC"}
     for f in dataclasses.fields(self):
-      if f.name not in ("dtype", "param_dtype"):
+      if f.name not in EXEC_FIELDS:
         v = getattr(self, f.name)
         d[f.name] = [list(s) for s in v] if f.name.endswith("multiscales") else list(v) if isinstance(v, tuple) else v
     return d
@@ -233,7 +238,7 @@ def _block(cfg: DCAEConfig, b: Block, kw: dict) -> nn.Module:
   if b.kind == "ResBlock":
     return ResBlock(b.norm_type, b.act_fn, name=name, **kw)
   if b.kind == "EfficientViTBlock":
-    return EfficientViTBlock(cfg.attention_head_dim, b.kernel_sizes, b.norm_type, name=name, **kw)
+    return EfficientViTBlock(cfg.attention_head_dim, b.kernel_sizes, b.norm_type, kernels=cfg.kernels, name=name, **kw)
   if b.kind == "down":
     return DCDownBlock2d(b.out_channels, cfg.downsample_pixel_unshuffle, True, name=name, **kw)
   return DCUpBlock2d(b.out_channels, cfg.upsample_interpolate, True, name=name, **kw)

@@ -105,11 +105,12 @@ class MultiscaleProjection(nn.Module):
   kernel_size: int
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  kernels: str = "auto"
 
   @nn.compact
   def __call__(self, qkv: jax.Array) -> jax.Array:  # (B, H, W, 3 * inner)
     c, kw = qkv.shape[-1], dict(dtype=self.dtype, param_dtype=self.param_dtype, use_bias=False)
-    h = layers.DepthwiseConv(c, self.kernel_size, "ae_heads", name="proj_in", **kw)(qkv)
+    h = layers.DepthwiseConv(c, self.kernel_size, "ae_heads", name="proj_in", kernels=self.kernels, **kw)(qkv)
     return layers.GroupedConv1x1(c, 3 * self.num_heads, "ae_heads", name="proj_out", dtype=self.dtype,
                                  param_dtype=self.param_dtype)(h)
 
@@ -136,22 +137,24 @@ class MultiscaleLinearAttention(nn.Module):
   eps: float = 1e-15
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  kernels: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:  # (B, H, W, C)
     b, hh, ww, c = x.shape
     d, kw = self.head_dim, dict(dtype=self.dtype, param_dtype=self.param_dtype)
     heads = c // d
-    qkv = jnp.concatenate([layers.dense(heads * d, ("ae_embed", "ae_heads"), use_bias=False, name=n, **kw)(x)
+    qkv = jnp.concatenate([layers.dense(heads * d, ("ae_embed", "ae_heads"), use_bias=False, name=n,
+                                        kernels=self.kernels, **kw)(x)
                            for n in ("to_q", "to_k", "to_v")], axis=-1)  # (B, H, W, 3 * heads * d)
-    scales = [qkv] + [MultiscaleProjection(heads, ks, name=f"to_qkv_multiscale_{i}", **kw)(qkv)
+    scales = [qkv] + [MultiscaleProjection(heads, ks, name=f"to_qkv_multiscale_{i}", kernels=self.kernels, **kw)(qkv)
                       for i, ks in enumerate(self.kernel_sizes)]
     # Every consecutive 3d channels form one (q, k, v) group, as diffusers' reshape to (B, -1, 3d, HW) does.
     h = einops.rearrange(jnp.concatenate(scales, axis=-1).astype(jnp.float32),
                          "b h w (g t d) -> t b (h w) g d", t=3, d=d)
     out = relu_linear_attention(nn.relu(h[0]), nn.relu(h[1]), h[2], self.eps)  # (B, N, G, d)
     out = einops.rearrange(out.astype(self.dtype), "b (h w) g d -> b h w (g d)", h=hh, w=ww)
-    out = layers.dense(c, ("ae_heads", "ae_embed"), use_bias=False, name="to_out", **kw)(out)
+    out = layers.dense(c, ("ae_heads", "ae_embed"), use_bias=False, name="to_out", kernels=self.kernels, **kw)(out)
     return norm(self.norm_type, name="norm_out", **kw)(out) + x
 
 
@@ -161,15 +164,17 @@ class GLUMBConv(nn.Module):
   expand_ratio: float = 4
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  kernels: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     c, kw = x.shape[-1], dict(dtype=self.dtype, param_dtype=self.param_dtype)
     hid = int(self.expand_ratio * c)
-    h = nn.silu(layers.dense(2 * hid, ("ae_embed", "ae_mlp"), name="conv_inverted", **kw)(x))
-    h = layers.DepthwiseConv(2 * hid, 3, "ae_mlp", name="conv_depth", **kw)(h)
+    h = nn.silu(layers.dense(2 * hid, ("ae_embed", "ae_mlp"), name="conv_inverted", kernels=self.kernels, **kw)(x))
+    h = layers.DepthwiseConv(2 * hid, 3, "ae_mlp", name="conv_depth", kernels=self.kernels, **kw)(h)
     h, gate = jnp.split(h, 2, axis=-1)
-    h = layers.dense(c, ("ae_mlp", "ae_embed"), use_bias=False, name="conv_point", **kw)(h * nn.silu(gate))
+    h = layers.dense(c, ("ae_mlp", "ae_embed"), use_bias=False, name="conv_point",
+                     kernels=self.kernels, **kw)(h * nn.silu(gate))
     return layers.RMSNorm(eps=1e-5, use_bias=True, name="norm", **kw)(h) + x
 
 
@@ -181,12 +186,14 @@ class EfficientViTBlock(nn.Module):
   norm_type: str = "rms_norm"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  kernels: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    x = MultiscaleLinearAttention(self.head_dim, tuple(self.kernel_sizes), self.norm_type, name="attn", **kw)(x)
-    return GLUMBConv(name="conv_out", **kw)(x)
+    x = MultiscaleLinearAttention(self.head_dim, tuple(self.kernel_sizes), self.norm_type, name="attn",
+                                  kernels=self.kernels, **kw)(x)
+    return GLUMBConv(name="conv_out", kernels=self.kernels, **kw)(x)
 
 
 class DCDownBlock2d(nn.Module):

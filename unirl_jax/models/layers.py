@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -12,13 +13,27 @@ Dtype = Any
 REMAT_POLICIES = ("none", "full", "save_dots")
 
 
-def flat_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kw):
+KERNELS = ("auto", "cpu", "accelerator")
+
+
+def kernels_for(kernels: str) -> str:
+  """The kernel family a model config's `kernels` names: "cpu" or "accelerator"; "auto" is the backend JAX
+  compiles for by default (set it explicitly to compile for another target, e.g. bench --compile_only)."""
+  if kernels == "auto":
+    return "cpu" if jax.default_backend() == "cpu" else "accelerator"
+  if kernels not in KERNELS:
+    raise ValueError(f"kernels {kernels!r} not one of {KERNELS} (run config: model.kernels)")
+  return kernels
+
+
+def flat_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, *,
+                     f32_result: bool = False, **kw):
   """`lax.dot_general` for a Dense's (..., in) x (in, out): leading dims merged into one first. Same math; the
   gradient of the N-D form makes XLA:CPU transpose dy and leave its fast matmul path (3x slower backward).
-  On CPU a 16-bit matmul asks for a float32 result and rounds it after: XLA:CPU runs only that form on its
-  fast (AMX/YNNPACK) path — 6x faster here; accelerators accumulate in float32 either way."""
+  With f32_result (the "cpu" kernels) a 16-bit matmul asks for a float32 result and rounds it after: XLA:CPU
+  runs only that form on its fast (AMX/YNNPACK) path, 6x faster; accelerators accumulate in float32 anyway."""
   out_dtype = None
-  if (preferred_element_type is None and jax.default_backend() == "cpu"
+  if (f32_result and preferred_element_type is None
       and jnp.result_type(lhs, rhs) in (jnp.bfloat16, jnp.float16)):
     out_dtype, preferred_element_type = jnp.result_type(lhs, rhs), jnp.float32
   (lc, rc), batch = dimension_numbers
@@ -32,12 +47,19 @@ def flat_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_elem
   return out if out_dtype is None else out.astype(out_dtype)
 
 
+# One function object per kernel family, so modules built with the same setting compare equal.
+_DOT_GENERAL = {"cpu": functools.partial(flat_dot_general, f32_result=True),
+                "accelerator": functools.partial(flat_dot_general, f32_result=False)}
+
+
 def dense(features: int, axes: tuple[str, str], *, use_bias: bool = True, dtype: Dtype = jnp.float32,
-          param_dtype: Dtype = jnp.float32, name: Optional[str] = None,
+          param_dtype: Dtype = jnp.float32, kernels: str = "auto", name: Optional[str] = None,
           kernel_init=nn.initializers.normal(0.02)) -> nn.Dense:
-  """`nn.Dense` whose kernel carries logical axis names (in, out) and bias the out axis."""
+  """`nn.Dense` whose kernel carries logical axis names (in, out) and bias the out axis; `kernels` as in
+  `kernels_for`."""
   return nn.Dense(
-      features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name, dot_general=flat_dot_general,
+      features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
+      dot_general=_DOT_GENERAL[kernels_for(kernels)],
       kernel_init=nn.with_logical_partitioning(kernel_init, axes),
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)))
 
@@ -109,10 +131,11 @@ class GatedMLP(nn.Module):
   axes: tuple[str, str] = ("embed", "mlp")  # logical names of (model width, hidden width)
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  kernels: str = "auto"
 
   @nn.compact
   def __call__(self, x):
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, use_bias=self.use_bias)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, use_bias=self.use_bias, kernels=self.kernels)
     g = dense(self.intermediate_size, self.axes, name="gate_proj", **kw)(x)
     u = dense(self.intermediate_size, self.axes, name="up_proj", **kw)(x)
     return dense(x.shape[-1], self.axes[::-1], name="down_proj", **kw)(nn.silu(g) * u)
@@ -132,9 +155,9 @@ def _shift(x: jax.Array, s: int, axis: int) -> jax.Array:
 
 class DepthwiseConv(nn.Module):
   """`nn.Conv(C, (k, k), padding=k // 2, feature_group_count=C)` with the same params (HWIO kernel (k, k, 1, C),
-  bias (C,)). impl "auto" computes it as shifted multiply-adds on CPU (k along W, then k along H), where XLA's grouped
-  convolution is ~15x slower (forward and backward), and as a convolution elsewhere; "conv" / "shifted" force
-  one."""
+  bias (C,)). impl "auto" computes it as shifted multiply-adds with the "cpu" kernels (k along W, then k along H),
+  where XLA's grouped convolution is ~15x slower (forward and backward), and as a convolution with the
+  "accelerator" ones; "conv" / "shifted" force one."""
 
   features: int
   kernel_size: int
@@ -143,6 +166,7 @@ class DepthwiseConv(nn.Module):
   impl: str = "auto"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  kernels: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:  # (B, H, W, C)
@@ -153,7 +177,7 @@ class DepthwiseConv(nn.Module):
     bias = (self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), (self.axis,)), (c,),
                        self.param_dtype) if self.use_bias else None)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    impl = self.impl if self.impl != "auto" else ("shifted" if jax.default_backend() == "cpu" else "conv")
+    impl = self.impl if self.impl != "auto" else ("shifted" if kernels_for(self.kernels) == "cpu" else "conv")
     p = k // 2
     if impl == "conv":
       y = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((p, p), (p, p)), feature_group_count=c,

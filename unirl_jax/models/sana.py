@@ -76,15 +76,16 @@ class TwoLayerMLP(nn.Module):
   param_dtype: Any
   activation: str = "silu"
   in_axis: str = "freq"
+  kernels: str = "auto"
 
   @nn.compact
   def __call__(self, x):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    x = layers.dense(self.dim, (self.in_axis, "embed"), name="linear_1", **kw)(x)
+    x = layers.dense(self.dim, (self.in_axis, "embed"), name="linear_1", kernels=self.kernels, **kw)(x)
     if self.activation not in ("silu", "gelu_tanh"):
       raise ValueError(f"activation {self.activation!r} not 'silu' or 'gelu_tanh'")
     x = nn.silu(x) if self.activation == "silu" else nn.gelu(x, approximate=True)
-    return layers.dense(self.dim, ("embed", "embed_out"), name="linear_2", **kw)(x)
+    return layers.dense(self.dim, ("embed", "embed_out"), name="linear_2", kernels=self.kernels, **kw)(x)
 
 
 class TimeEmbed(nn.Module):
@@ -101,14 +102,16 @@ class TimeEmbed(nn.Module):
   def __call__(self, timestep, guidance, batch):
     cfg, kw = self.cfg, dict(dtype=self.dtype, param_dtype=self.param_dtype)
     t = jnp.broadcast_to(jnp.asarray(timestep, jnp.float32).reshape(-1), (batch,))
-    temb = TwoLayerMLP(cfg.inner_dim, name="timestep_embedder", **kw)(timestep_embedding(t).astype(self.dtype))
+    temb = TwoLayerMLP(cfg.inner_dim, name="timestep_embedder",
+                       kernels=cfg.kernels, **kw)(timestep_embedding(t).astype(self.dtype))
     if cfg.guidance_embeds:
       if guidance is None:
         raise ValueError("this SANA config has guidance_embeds=True: pass `guidance`")
       g = jnp.broadcast_to(jnp.asarray(guidance, jnp.float32).reshape(-1), (batch,))
-      temb = temb + TwoLayerMLP(cfg.inner_dim, name="guidance_embedder", **kw)(
+      temb = temb + TwoLayerMLP(cfg.inner_dim, name="guidance_embedder", kernels=cfg.kernels, **kw)(
           timestep_embedding(g).astype(self.dtype))
-    t6 = layers.dense(6 * cfg.inner_dim, ("embed", "embed_out"), name="linear", **kw)(nn.silu(temb))
+    t6 = layers.dense(6 * cfg.inner_dim, ("embed", "embed_out"), name="linear",
+                      kernels=cfg.kernels, **kw)(nn.silu(temb))
     return temb, t6
 
 
@@ -124,9 +127,9 @@ class LinearAttention(nn.Module):
     cfg, kw = self.cfg, dict(dtype=self.dtype, param_dtype=self.param_dtype)
     b, n, _ = x.shape
     h, d = cfg.num_attention_heads, cfg.attention_head_dim
-    q = layers.dense(h * d, ("embed", "heads"), use_bias=cfg.attention_bias, name="to_q", **kw)(x)
-    k = layers.dense(h * d, ("embed", "heads"), use_bias=cfg.attention_bias, name="to_k", **kw)(x)
-    v = layers.dense(h * d, ("embed", "heads"), use_bias=cfg.attention_bias, name="to_v", **kw)(x)
+    q = layers.dense(h * d, ("embed", "heads"), use_bias=cfg.attention_bias, name="to_q", kernels=cfg.kernels, **kw)(x)
+    k = layers.dense(h * d, ("embed", "heads"), use_bias=cfg.attention_bias, name="to_k", kernels=cfg.kernels, **kw)(x)
+    v = layers.dense(h * d, ("embed", "heads"), use_bias=cfg.attention_bias, name="to_v", kernels=cfg.kernels, **kw)(x)
     if cfg.qk_norm:
       q = layers.RMSNorm(1e-5, axis_name="heads", name="norm_q", **kw)(q)
       k = layers.RMSNorm(1e-5, axis_name="heads", name="norm_k", **kw)(k)
@@ -137,15 +140,15 @@ class LinearAttention(nn.Module):
     num = jnp.einsum("bnhd,bhde->bnhe", q, kv)
     den = jnp.einsum("bnhd,bhd->bnh", q, k.sum(axis=1))
     o = (num / (den[..., None] + LINEAR_ATTN_EPS)).reshape(b, n, h * d).astype(self.dtype)
-    return layers.dense(cfg.inner_dim, ("heads", "embed"), name="to_out_0", **kw)(o)
+    return layers.dense(cfg.inner_dim, ("heads", "embed"), name="to_out_0", kernels=cfg.kernels, **kw)(o)
 
 
 def _cross_kv(cfg: SanaConfig, ctx, kw):
   """The caption tokens' keys and values for one block's cross-attention; call it inside the module named
   `attn2` (params attn2/to_k, attn2/to_v, attn2/norm_k). ctx (B, S, D) -> k, v (B, S, H·Dh)."""
   hd = cfg.num_cross_attention_heads * cfg.cross_attention_head_dim
-  k = layers.dense(hd, ("embed", "heads"), name="to_k", **kw)(ctx)
-  v = layers.dense(hd, ("embed", "heads"), name="to_v", **kw)(ctx)
+  k = layers.dense(hd, ("embed", "heads"), name="to_k", kernels=cfg.kernels, **kw)(ctx)
+  v = layers.dense(hd, ("embed", "heads"), name="to_v", kernels=cfg.kernels, **kw)(ctx)
   if cfg.qk_norm:
     k = layers.RMSNorm(1e-5, axis_name="heads", name="norm_k", **kw)(k)
   return k, v
@@ -165,13 +168,14 @@ class CrossAttention(nn.Module):
     cfg, kw = self.cfg, dict(dtype=self.dtype, param_dtype=self.param_dtype)
     b, n, _ = x.shape
     h, d = cfg.num_cross_attention_heads, cfg.cross_attention_head_dim
-    q = layers.dense(h * d, ("embed", "heads"), name="to_q", **kw)(x)
+    q = layers.dense(h * d, ("embed", "heads"), name="to_q", kernels=cfg.kernels, **kw)(x)
     if cfg.qk_norm:
       q = layers.RMSNorm(1e-5, axis_name="heads", name="norm_q", **kw)(q)
     k, v = _cross_kv(cfg, ctx, kw) if kv is None else kv
     q, k, v = (t.reshape(b, t.shape[1], h, d) for t in (q, k, v))
     o = jax.nn.dot_product_attention(q, k, v, bias=mask_bias, implementation=cfg.attention_impl)
-    return layers.dense(cfg.inner_dim, ("heads", "embed"), name="to_out_0", **kw)(o.reshape(b, n, h * d))
+    return layers.dense(cfg.inner_dim, ("heads", "embed"), name="to_out_0",
+                        kernels=cfg.kernels, **kw)(o.reshape(b, n, h * d))
 
 
 class GLUMBConv(nn.Module):
@@ -185,11 +189,12 @@ class GLUMBConv(nn.Module):
   def __call__(self, x):  # (B, H, W, D)
     cfg, kw = self.cfg, dict(dtype=self.dtype, param_dtype=self.param_dtype)
     hidden = cfg.ff_hidden
-    x = layers.dense(2 * hidden, ("embed", "mlp"), name="conv_inverted", **kw)(x)
+    x = layers.dense(2 * hidden, ("embed", "mlp"), name="conv_inverted", kernels=cfg.kernels, **kw)(x)
     x = nn.silu(x)
-    x = layers.DepthwiseConv(2 * hidden, 3, "mlp", name="conv_depth", **kw)(x)
+    x = layers.DepthwiseConv(2 * hidden, 3, "mlp", name="conv_depth", kernels=cfg.kernels, **kw)(x)
     x, gate = jnp.split(x, 2, axis=-1)
-    return layers.dense(cfg.inner_dim, ("mlp", "embed"), use_bias=False, name="conv_point", **kw)(x * nn.silu(gate))
+    return layers.dense(cfg.inner_dim, ("mlp", "embed"), use_bias=False, name="conv_point",
+                        kernels=cfg.kernels, **kw)(x * nn.silu(gate))
 
 
 def _layer_norm(eps, dtype, affine=False, name=None):
@@ -227,7 +232,8 @@ class SanaBlock(nn.Module):
 
 def _caption(cfg: SanaConfig, encoder_hidden_states, encoder_attention_mask, dtype, kw):
   """Caption projection + norm (params caption_projection, caption_norm) and the mask as an additive bias."""
-  ctx = TwoLayerMLP(cfg.inner_dim, activation="gelu_tanh", in_axis="caption", name="caption_projection", **kw)(
+  ctx = TwoLayerMLP(cfg.inner_dim, activation="gelu_tanh", in_axis="caption", name="caption_projection",
+                    kernels=cfg.kernels, **kw)(
       encoder_hidden_states.astype(dtype))
   ctx = layers.RMSNorm(1e-5, axis_name="embed", name="caption_norm", **kw)(ctx)
   mask_bias = None
@@ -304,7 +310,7 @@ class SanaTransformer(nn.Module):
       ref = jnp.zeros_like(hidden_states) if ref_latents is None else ref_latents
       r = PatchEmbed(cfg, name="ref_patch_embed", **kw)(ref)
       x = x + layers.dense(cfg.inner_dim, ("embed", "embed_out"), name="ref_linear",
-                           kernel_init=nn.initializers.zeros_init(), **kw)(r)
+                           kernel_init=nn.initializers.zeros_init(), kernels=cfg.kernels, **kw)(r)
     elif ref_latents is not None:
       raise ValueError("ref_latents given but this SANA config has no reference branch (ref_branch=False)")
 
@@ -328,7 +334,7 @@ class SanaTransformer(nn.Module):
         (2, cfg.inner_dim), pdtype)
     mod = table[None].astype(dtype) + temb[:, None]
     x = _layer_norm(1e-6, dtype, name="norm_out")(x) * (1 + mod[:, 1:2]) + mod[:, 0:1]
-    x = layers.dense(p * p * cfg.out_channels, ("embed", "latent"), name="proj_out", **kw)(x)
+    x = layers.dense(p * p * cfg.out_channels, ("embed", "latent"), name="proj_out", kernels=cfg.kernels, **kw)(x)
     x = x.reshape(b, hh // p, ww // p, p, p, cfg.out_channels).transpose(0, 1, 3, 2, 4, 5)
     return x.reshape(b, hh, ww, cfg.out_channels)
 

@@ -7,7 +7,7 @@ import json
 import os
 from typing import Any, Optional
 
-from unirl_jax.models.layers import REMAT_POLICIES
+from unirl_jax.models.layers import KERNELS, REMAT_POLICIES
 
 _DIFFUSERS_FIELDS = ("in_channels", "out_channels", "num_attention_heads", "attention_head_dim", "num_layers",
                      "num_cross_attention_heads", "cross_attention_head_dim", "cross_attention_dim",
@@ -48,6 +48,7 @@ class SanaConfig:
   remat: str = "none"
   scan_unroll: int = 1
   attention_impl: Optional[str] = None
+  kernels: str = "auto"  # "cpu" | "accelerator" | "auto" (the default backend): layers.kernels_for
 
   def __post_init__(self):
     errors = []
@@ -65,6 +66,8 @@ class SanaConfig:
       errors.append(f"sample_size {self.sample_size} not divisible by patch_size {self.patch_size}")
     if self.attention_impl not in (None, "xla", "cudnn"):
       errors.append(f"attention_impl {self.attention_impl!r} not one of None, 'xla', 'cudnn'")
+    if self.kernels not in KERNELS:
+      errors.append(f"kernels {self.kernels!r} not one of {KERNELS}")
     if errors:
       raise ValueError("invalid SanaConfig: " + "; ".join(errors))
 

@@ -216,7 +216,7 @@ def freeze(params: dict, mask: dict) -> dict:
 # DIR/unified.json (the four configs in their reference formats + UniRL fields), DIR/params/ (Orbax, the
 # whole params dict), DIR/unirl_jax.json, and the tokenizer/processor files when known.
 
-EXEC_FIELDS = ("dtype", "param_dtype", "remat", "scan_unroll", "attention_impl")
+EXEC_FIELDS = ("dtype", "param_dtype", "remat", "scan_unroll", "attention_impl", "kernels")
 
 
 def config_to_dict(cfg: UnifiedConfig) -> dict:
@@ -235,7 +235,7 @@ def config_from_dict(d: dict, **overrides) -> UnifiedConfig:
 
 
 EXEC_MODULES = ("lm", "connector", "dit", "vae")
-_VAE_KNOBS = ("dtype", "param_dtype")  # the DC-AE has no layer stack to remat or scan
+_VAE_KNOBS = ("dtype", "param_dtype", "kernels")  # the DC-AE has no layer stack to remat or scan
 
 
 def with_execution(cfg: UnifiedConfig, **knobs) -> UnifiedConfig:

@@ -7,7 +7,7 @@ import json
 import os
 from typing import Any, Optional
 
-from unirl_jax.models.layers import REMAT_POLICIES
+from unirl_jax.models.layers import KERNELS, REMAT_POLICIES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +81,7 @@ class Qwen2_5_VLConfig:
   # array per layer) — the Sampler's decoding form, so no step slices stacked weights or restacks the cache.
   scan_layers: bool = True
   attention_impl: Optional[str] = None  # None (let JAX pick), "xla" or "cudnn"
+  kernels: str = "auto"  # "cpu" | "accelerator" | "auto" (the default backend): layers.kernels_for
 
   def __post_init__(self):
     self.validate()
@@ -107,6 +108,8 @@ class Qwen2_5_VLConfig:
       errors.append(f"remat {self.remat!r} not one of {REMAT_POLICIES}")
     if self.attention_impl not in (None, "xla", "cudnn"):
       errors.append(f"attention_impl {self.attention_impl!r} not one of None, 'xla', 'cudnn'")
+    if self.kernels not in KERNELS:
+      errors.append(f"kernels {self.kernels!r} not one of {KERNELS}")
     if errors:
       raise ValueError("invalid Qwen2_5_VLConfig: " + "; ".join(errors))
 

@@ -48,15 +48,18 @@ class Attention(nn.Module):
   dtype: jnp.dtype
   param_dtype: jnp.dtype
   attention_impl: Optional[str] = None
+  kernels: str = "auto"
 
   @nn.compact
   def __call__(self, x, cos, sin, mask, layer_cache, index):
     cfg, kw = self.cfg, dict(dtype=self.dtype, param_dtype=self.param_dtype)
     b, t, _ = x.shape
     n, kvh, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-    q = layers.dense(n * hd, ("embed", "heads"), name="q_proj", **kw)(x).reshape(b, t, n, hd)
-    k = layers.dense(kvh * hd, ("embed", "kv_heads"), name="k_proj", **kw)(x).reshape(b, t, kvh, hd)
-    v = layers.dense(kvh * hd, ("embed", "kv_heads"), name="v_proj", **kw)(x).reshape(b, t, kvh, hd)
+    q = layers.dense(n * hd, ("embed", "heads"), name="q_proj", kernels=self.kernels, **kw)(x).reshape(b, t, n, hd)
+    k = layers.dense(kvh * hd, ("embed", "kv_heads"), name="k_proj",
+                     kernels=self.kernels, **kw)(x).reshape(b, t, kvh, hd)
+    v = layers.dense(kvh * hd, ("embed", "kv_heads"), name="v_proj",
+                     kernels=self.kernels, **kw)(x).reshape(b, t, kvh, hd)
     q, k = layers.apply_rope(q, cos, sin), layers.apply_rope(k, cos, sin)
     if layer_cache is not None:
       ck, cv = layer_cache
@@ -66,7 +69,7 @@ class Attention(nn.Module):
     else:
       new_cache = None
     o = layers.attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, implementation=self.attention_impl)
-    o = layers.dense(cfg.hidden_size, ("heads", "embed"), use_bias=False, name="o_proj", **kw)(
+    o = layers.dense(cfg.hidden_size, ("heads", "embed"), use_bias=False, name="o_proj", kernels=self.kernels, **kw)(
         o.reshape(b, t, n * hd))
     return o, new_cache
 
@@ -78,16 +81,17 @@ class DecoderLayer(nn.Module):
   dtype: jnp.dtype
   param_dtype: jnp.dtype
   attention_impl: Optional[str] = None
+  kernels: str = "auto"
 
   @nn.compact
   def __call__(self, x, layer_cache, cos, sin, mask, index):
     cfg, kw = self.cfg, dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = layers.RMSNorm(cfg.rms_norm_eps, axis_name="embed", name="input_layernorm", **kw)(x)
-    h, layer_cache = Attention(cfg, self.dtype, self.param_dtype, self.attention_impl, name="self_attn")(
+    h, layer_cache = Attention(cfg, self.dtype, self.param_dtype, self.attention_impl, self.kernels, name="self_attn")(
         h, cos, sin, mask, layer_cache, index)
     x = x + h
     h = layers.RMSNorm(cfg.rms_norm_eps, axis_name="embed", name="post_attention_layernorm", **kw)(x)
-    return x + layers.GatedMLP(cfg.intermediate_size, name="mlp", **kw)(h), layer_cache
+    return x + layers.GatedMLP(cfg.intermediate_size, name="mlp", kernels=self.kernels, **kw)(h), layer_cache
 
 
 def attention_mask_4d(key_mask: jax.Array, q_len: int, index) -> jax.Array:
@@ -120,9 +124,9 @@ class TextModel(nn.Module):
           block, variable_axes={"params": 0}, split_rngs={"params": True},
           in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_hidden_layers,
           unroll=top.scan_unroll, metadata_params={nn.PARTITION_NAME: "layers"})(
-              cfg, dtype, pdtype, top.attention_impl)
+              cfg, dtype, pdtype, top.attention_impl, top.kernels)
     else:  # named layers_0, layers_1, ... (see unstack_layers)
-      self.layers = [block(cfg, dtype, pdtype, top.attention_impl) for _ in range(cfg.num_hidden_layers)]
+      self.layers = [block(cfg, dtype, pdtype, top.attention_impl, top.kernels) for _ in range(cfg.num_hidden_layers)]
     self.norm = layers.RMSNorm(cfg.rms_norm_eps, dtype=dtype, param_dtype=pdtype, axis_name="embed")
 
   def embed(self, input_ids):

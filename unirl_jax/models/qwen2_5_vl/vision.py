@@ -119,12 +119,13 @@ class VisionAttention(nn.Module):
   param_dtype: jnp.dtype
   layout: VisionLayout
   attention_impl: str | None = None
+  kernels: str = "auto"
 
   @nn.compact
   def __call__(self, x, is_full):  # x: (N, D)
     cfg, kw = self.cfg, dict(dtype=self.dtype, param_dtype=self.param_dtype)
     nh, hd = cfg.num_heads, cfg.head_dim
-    qkv = layers.dense(3 * cfg.hidden_size, ("vit_embed", "vit_qkv"), name="qkv", **kw)(x)
+    qkv = layers.dense(3 * cfg.hidden_size, ("vit_embed", "vit_qkv"), name="qkv", kernels=self.kernels, **kw)(x)
     q, k, v = (qkv.reshape(-1, 3, nh, hd)[:, i] for i in range(3))  # (N, H, D) each
     cos, sin = jnp.asarray(self.layout.cos)[:, None], jnp.asarray(self.layout.sin)[:, None]
     rot = lambda y: (y.astype(jnp.float32) * cos + layers.rotate_half(y.astype(jnp.float32)) * sin).astype(y.dtype)
@@ -132,7 +133,8 @@ class VisionAttention(nn.Module):
     o = jax.lax.cond(is_full,
                      lambda: _packed_attention(q, k, v, self.layout.full, self.attention_impl),
                      lambda: _packed_attention(q, k, v, self.layout.windows, self.attention_impl))
-    return layers.dense(cfg.hidden_size, ("vit_heads", "vit_embed"), name="proj", **kw)(o.reshape(-1, nh * hd))
+    return layers.dense(cfg.hidden_size, ("vit_heads", "vit_embed"), name="proj",
+                        kernels=self.kernels, **kw)(o.reshape(-1, nh * hd))
 
 
 class VisionBlock(nn.Module):
@@ -143,15 +145,18 @@ class VisionBlock(nn.Module):
   param_dtype: jnp.dtype
   layout: VisionLayout
   attention_impl: str | None = None
+  kernels: str = "auto"
 
   @nn.compact
   def __call__(self, x, is_full):  # x: (N, D)
     cfg, kw = self.cfg, dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = layers.RMSNorm(cfg.rms_norm_eps, axis_name="vit_embed", name="norm1", **kw)(x)
-    x = x + VisionAttention(cfg, self.dtype, self.param_dtype, self.layout, self.attention_impl, name="attn")(
+    x = x + VisionAttention(cfg, self.dtype, self.param_dtype, self.layout, self.attention_impl,
+                            self.kernels, name="attn")(
         h, is_full)
     h = layers.RMSNorm(cfg.rms_norm_eps, axis_name="vit_embed", name="norm2", **kw)(x)
-    return x + layers.GatedMLP(cfg.intermediate_size, True, ("vit_embed", "vit_mlp"), name="mlp", **kw)(h), None
+    return x + layers.GatedMLP(cfg.intermediate_size, True, ("vit_embed", "vit_mlp"), name="mlp",
+                               kernels=self.kernels, **kw)(h), None
 
 
 class PatchMerger(nn.Module):
@@ -160,15 +165,16 @@ class PatchMerger(nn.Module):
   cfg: VisionConfig
   dtype: jnp.dtype
   param_dtype: jnp.dtype
+  kernels: str = "auto"
 
   @nn.compact
   def __call__(self, x):
     cfg, kw = self.cfg, dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = layers.RMSNorm(1e-6, axis_name="vit_embed", name="ln_q", **kw)(x)
     x = x.reshape(-1, cfg.hidden_size * cfg.spatial_merge_size**2)
-    x = layers.dense(x.shape[-1], ("vit_merge", "vit_mlp"), name="mlp_0", **kw)(x)
+    x = layers.dense(x.shape[-1], ("vit_merge", "vit_mlp"), name="mlp_0", kernels=self.kernels, **kw)(x)
     x = nn.gelu(x, approximate=False)
-    return layers.dense(cfg.out_hidden_size, ("vit_mlp", "embed"), name="mlp_2", **kw)(x)
+    return layers.dense(cfg.out_hidden_size, ("vit_mlp", "embed"), name="mlp_2", kernels=self.kernels, **kw)(x)
 
 
 class VisionTower(nn.Module):
@@ -193,7 +199,7 @@ class VisionTower(nn.Module):
                        f"(expected ({expected}, {cfg.patch_dim}))")
     # Conv3d with kernel == stride over a flattened (C, T, P, P) patch is a Dense without bias.
     x = layers.dense(cfg.hidden_size, ("vit_patch", "vit_embed"), use_bias=False, name="patch_embed",
-                     dtype=dtype, param_dtype=pdtype)(pixel_values.astype(dtype))
+                     dtype=dtype, param_dtype=pdtype, kernels=top.kernels)(pixel_values.astype(dtype))
     unit = cfg.spatial_merge_size**2
     x = x.reshape(n // unit, unit, -1)[layout.window_index].reshape(n, -1)
     # transformers tests `layer in fullatt_block_indexes`: an index outside [0, depth) is simply never reached.
@@ -202,6 +208,6 @@ class VisionTower(nn.Module):
     block = layers.maybe_remat(VisionBlock, top.remat)
     blocks = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=0,
                      length=cfg.depth, unroll=top.scan_unroll, metadata_params={nn.PARTITION_NAME: "layers"})
-    x, _ = blocks(cfg, dtype, pdtype, layout, top.attention_impl, name="blocks")(x, is_full)
-    x = PatchMerger(cfg, dtype, pdtype, name="merger")(x)
+    x, _ = blocks(cfg, dtype, pdtype, layout, top.attention_impl, top.kernels, name="blocks")(x, is_full)
+    x = PatchMerger(cfg, dtype, pdtype, top.kernels, name="merger")(x)
     return x[layout.reverse_index]
