@@ -20,8 +20,8 @@ def test_config_builds(name):
   assert isinstance(run, (run_config.GRPORun, run_config.PretrainRun))
   if run.mode == "grpo":
     for r in run.reward:
-      if r != "gen_eval":  # the GenEval scorer is a service the user registers
-        rewards.get(r)
+      if r.name != "gen_eval":  # the GenEval scorer is a service the user registers
+        rewards.get(r.name)
   if run.model.init.startswith("preset:"):
     assert hasattr(unified, run.model.init.split(":", 1)[1])
 

@@ -126,3 +126,38 @@ def test_bad_flags_are_clear_errors(ckpt, tmp_path, capsys, flags, message):
   assert run(ckpt, tmp_path / "x.png", "--prompt", "a cat", *flags) == 2
   assert message in capsys.readouterr().err
   assert not (tmp_path / "x.png").exists()
+
+
+def test_geneval_eval_scores_the_images_it_writes(ckpt, tmp_path, capsys):
+  """`python -m unirl_jax.eval`: per-image results re-scored from the saved images, per-tag means, the generator's
+  images (the same as `generate` with that prompt and seed), and a prompt file without metadata refused."""
+  import json
+  from unirl_jax import eval as eval_cli
+  from unirl_jax.data import shapes
+  from unirl_jax.rewards import geneval
+  from unirl_jax.rewards.shapes import detect
+  recs = shapes.prompts(3, seed=0)  # single_object, two_object, counting
+  path = tmp_path / "prompts.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+  out = tmp_path / "eval"
+  assert eval_cli.main(["--ckpt", ckpt, "--prompts", str(path), "--out", str(out), "--seeds", "2",
+                        "--steps", str(STEPS), "--batch", "2"]) == 0
+  res = json.load(open(out / "results.json"))
+  rows = [json.loads(line) for line in open(out / "images.jsonl")]
+  assert len(rows) == 6 and set(res["tags"]) == {"single_object", "two_object", "counting"}
+  for row, rec in zip(rows, [r for r in recs for _ in range(2)]):
+    want = geneval.evaluate(detect(np.asarray(Image.open(out / row["image"]))), rec)
+    assert (row["score"], row["strict_correct"], row["correct"]) == (want.score, want.strict_correct, want.correct)
+  for tag, v in res["tags"].items():
+    assert v["score"] == pytest.approx(np.mean([r["score"] for r in rows if r["tag"] == tag]))
+  assert res["overall"]["score"] == pytest.approx(np.mean([v["score"] for v in res["tags"].values()]))
+  # The third prompt (second batch, padded) at seed 1 is what generate draws for it.
+  assert run(ckpt, tmp_path / "g.png", "--prompt", recs[2]["prompt"], "--seed", "1", "--cfg", "3.5") == 0
+  # (eval left-pads every prompt to the file's longest: the same condition up to float rounding, so the uint8
+  # pixels may differ by one step)
+  g = np.asarray(Image.open(tmp_path / "g.png")).astype(int)
+  assert np.abs(g - np.asarray(Image.open(out / rows[5]["image"])).astype(int)).max() <= 1
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text(json.dumps({"prompt": "a cat"}) + "\n")
+  assert eval_cli.main(["--ckpt", ckpt, "--prompts", str(bad), "--out", str(out)]) == 2
+  assert "record 1 has no GenEval 'tag'/'include' metadata" in capsys.readouterr().err

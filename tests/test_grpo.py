@@ -82,13 +82,14 @@ def test_each_group_is_one_prompt_and_its_advantages_come_from_its_own_rewards(u
   roll = t.task.rollout(step, jax.random.PRNGKey(7))
   ri = roll.rewards
   assert ri.prompts == [c for c in captions for _ in range(g)]
+  assert ri.metadata == [{}] * len(ri.prompts)  # built-in prompts carry no record fields
   ids = np.asarray(roll.experience.dm.condition.ids)
   mask = np.asarray(roll.experience.dm.condition.mask)
   for i, c in enumerate(captions):
     for j in range(i * g, (i + 1) * g):
       assert t.tok.decode(ids[j][mask[j] == 1]) == prompt_lib.t2i(c)
   # Two groups with rewards on different scales: each group is normalised by its own mean and std only.
-  r = np.concatenate([rewards.score(t.config.reward, ri.images, ri.prompts)[0][:g], np.array([10., 20., 30., 70.])])
+  r = np.concatenate([rewards.score(t.config.reward, ri)[0][:g], np.array([10., 20., 30., 70.])])
   adv = t.advantages(r)
   for k in range(2):
     x = r[k * g:(k + 1) * g]
@@ -122,6 +123,27 @@ def test_killed_run_resumes_to_the_same_metrics(unbroken, tmp_path):
   assert rows(broken) == rows(wd)
   mux, run = tensorboard_scalars(broken)  # the step-3 point of the killed run is dropped
   assert [(e.step, e.value) for e in mux.Scalars(run, "loss")] == [(r["step"], r["loss"]) for r in rows(wd)]
+
+
+def test_a_reward_served_on_loopback_gives_the_same_steps(unbroken, tmp_path):
+  """The fixture's reward served by `python -m unirl_jax.rewards.serve`'s server: the same first two steps."""
+  import threading
+  from unirl_jax.rewards.serve import make_server
+  _, _, wd = unbroken
+  server = make_server(rewards.get("jpeg_compressibility"))
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  try:
+    c = config()
+    c.reward = "served_jpeg"
+    c.remote_rewards = {"served_jpeg": "http://%s:%d/" % server.server_address[:2]}
+    GRPOTrainer(c, str(tmp_path)).run(stop_after=2)
+  finally:
+    server.shutdown()
+    server.server_close()
+  got, want = rows(str(tmp_path)), rows(wd)[:2]
+  assert [r["step"] for r in got] == [1, 2]
+  for g, w in zip(got, want):
+    assert g == pytest.approx(w, rel=1e-6, abs=1e-6)
 
 
 def test_8_devices_with_the_batch_sharded_equal_2(unbroken, tmp_path):

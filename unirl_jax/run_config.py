@@ -15,6 +15,7 @@ import typing
 from collections import abc
 from typing import Any, Mapping, Optional, Union
 
+from unirl_jax import rewards
 from unirl_jax.models.layers import KERNELS, REMAT_POLICIES
 from unirl_jax.rl.advantages import AdvantageConfig
 from unirl_jax.rl.dm import DMConfig
@@ -133,7 +134,12 @@ class GRPORun:
   text_pad: str = "max_len"
   text_pad_multiple: int = 64
   image_size: int = 32  # generated images, square pixels
-  reward: Union[str, tuple[str, ...]] = ("jpeg_compressibility",)  # registered reward names, summed ("a,b" too)
+  # Registered rewards and their weights in the total: "a,b" (weight 1 each, the original's sum), "a:4,b:1", or a
+  # dict {"a": 4.0, "b": 1.0}. Held as a tuple of rewards.Term.
+  reward: Any = "jpeg_compressibility"
+  # Rewards served elsewhere (unirl_jax.rewards.remote's JSON protocol), usable in `reward` by name:
+  # {"pickscore": "http://host:8000/"} or {"pickscore": {"url": ..., "timeout_s": 120, "retries": 3}}.
+  remote_rewards: Any = ()
   advantage: AdvantageConfig = AdvantageConfig()
   dm: DMConfig = DMConfig()
   lm: LMConfig = LMConfig()
@@ -143,10 +149,11 @@ class GRPORun:
   bench: BenchSettings = BenchSettings()
 
   def __post_init__(self):
-    if isinstance(self.reward, str):
-      object.__setattr__(self, "reward", tuple(s.strip() for s in self.reward.split(",")))
-    if not self.reward or not all(self.reward):
-      raise ConfigError(f"reward {self.reward!r} names no reward")
+    try:
+      object.__setattr__(self, "reward", rewards.parse(self.reward))
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+    object.__setattr__(self, "remote_rewards", _remote_rewards(self.remote_rewards))
     if self.text_pad not in ("max_len", "longest"):
       raise ConfigError(f"text_pad {self.text_pad!r} not 'max_len' or 'longest'")
     for name in ("prompts_per_step", "group_size", "max_text_len", "image_size", "text_pad_multiple"):
@@ -208,6 +215,24 @@ class PretrainRun:
 
 
 RUNS = {"grpo": GRPORun, "pretrain": PretrainRun}
+
+
+def _remote_rewards(value) -> tuple:
+  """{name: url | {url, timeout_s, retries, backoff_s}} -> ((name, rewards.remote.RemoteReward), ...)."""
+  from unirl_jax.rewards.remote import RemoteReward
+  if isinstance(value, tuple) and all(isinstance(v, tuple) and isinstance(v[1], RemoteReward) for v in value):
+    return value
+  if not hasattr(value, "items"):
+    raise ConfigError(f"remote_rewards must be a dict name -> url, got {value!r}")
+  out = []
+  for name, v in value.items():
+    kw = {"url": v} if isinstance(v, str) else dict(v)
+    unknown = set(kw) - {f.name for f in dataclasses.fields(RemoteReward)}
+    if unknown or not isinstance(kw.get("url"), str) or not kw["url"].startswith(("http://", "https://")):
+      raise ConfigError(f"remote_rewards.{name}: give an http(s) url, or a dict with url and optionally "
+                        f"timeout_s, retries, backoff_s (got {v!r})")
+    out.append((str(name), RemoteReward(**kw)))
+  return tuple(out)
 
 
 def load(config) -> Union[GRPORun, PretrainRun]:

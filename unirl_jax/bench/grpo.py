@@ -118,7 +118,8 @@ def run(trainer, repeats: int, log=print) -> dict:
   from unirl_jax.data.pipeline import to_uint8
   imgs = to_uint8(jax.device_get(images))
   prompts = [t for t in texts for _ in range(c.group_size)]
-  res["reward"] = {**time_fn(lambda: rewards.score(c.reward, imgs, prompts, completions)[0], repeats),
+  inputs = rewards.RewardInputs(imgs, prompts, completions)
+  res["reward"] = {**time_fn(lambda: rewards.score(c.reward, inputs, trainer.reward_fns)[0], repeats),
                    "flops": None}
   log(f"  {'reward':13s} {res['reward']['median_s'] * 1e3:10.2f} ms")
 

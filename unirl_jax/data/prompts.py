@@ -6,6 +6,8 @@ RL and inference end at `<|im_start|>assistant\\n`. The wording differs between 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 SYSTEM = "You are a helpful assistant."
@@ -38,9 +40,19 @@ def edit(instruction: str, pretrain: bool = False) -> str:
   return chat(IMAGE_BLOCK + (PRETRAIN_EDIT if pretrain else RL_EDIT).format(instruction), pretrain)
 
 
-def read_prompt_file(path: str) -> list[str]:
+@dataclasses.dataclass(frozen=True)
+class PromptRecord:
+  """One RL prompt and the rest of its record, which the rewards receive as metadata (GenEval's tag/include/
+  exclude, a reasoning answer, edit captions)."""
+
+  text: str
+  metadata: dict = dataclasses.field(default_factory=dict)
+
+
+def read_prompt_file(path: str) -> list[PromptRecord]:
   """RL prompts: a .txt file (one caption per line, blank lines skipped, as pickscore.txt) or a .jsonl file
-  whose objects hold a "prompt" (GenEval's train_metadata.jsonl) or "caption"."""
+  whose objects hold a "prompt" (GenEval's train_metadata.jsonl) or "caption"; its other fields are kept as the
+  record's metadata."""
   import json
   import os
   if not os.path.exists(path):
@@ -59,9 +71,9 @@ def read_prompt_file(path: str) -> list[str]:
         text = d.get("prompt", d.get("caption")) if isinstance(d, dict) else None
         if not isinstance(text, str) or not text.strip():
           raise ValueError(f"{path}:{n}: no non-empty 'prompt' or 'caption' field")
-        out.append(text.strip())
+        out.append(PromptRecord(text.strip(), {k: v for k, v in d.items() if k not in ("prompt", "caption")}))
       else:
-        out.append(line)
+        out.append(PromptRecord(line))
   if not out:
     raise ValueError(f"prompt file {path!r} holds no prompts")
   return out
@@ -71,9 +83,11 @@ class PromptSource:
   """The captions of each GRPO step: a seeded permutation of the prompts per pass over them, as a pure function
   of (seed, step), so a resumed run draws exactly what an unbroken one would have."""
 
-  def __init__(self, texts, per_step: int, seed: int):
-    self.texts, self.per_step, self.seed = list(texts), per_step, seed
-    if not self.texts:
+  def __init__(self, records, per_step: int, seed: int):
+    self.records = [r if isinstance(r, PromptRecord) else PromptRecord(str(r)) for r in records]
+    self.texts = [r.text for r in self.records]
+    self.per_step, self.seed = per_step, seed
+    if not self.records:
       raise ValueError("no prompts")
 
   def __len__(self) -> int:
@@ -89,6 +103,9 @@ class PromptSource:
 
   def captions(self, step: int) -> list[str]:
     return [self.texts[i] for i in self.indices(step)]
+
+  def step_records(self, step: int) -> list[PromptRecord]:
+    return [self.records[i] for i in self.indices(step)]
 
 
 def encode(tok, texts, max_len: int, setting: str | None = "max_text_len", pad: str = "max_len",

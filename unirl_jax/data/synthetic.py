@@ -14,21 +14,11 @@ import sys
 import numpy as np
 from PIL import Image, ImageDraw
 
-COLORS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220), "yellow": (235, 210, 40),
-          "white": (245, 245, 245), "black": (20, 20, 20)}
-SHAPES = ("circle", "square", "triangle")
-
+from unirl_jax.data.shapes import COLORS, SHAPES, draw_shape
 
 def draw(shape: str, color: str, background: str, size: int, box: tuple) -> Image.Image:
   img = Image.new("RGB", (size, size), COLORS[background])
-  d = ImageDraw.Draw(img)
-  x0, y0, x1, y1 = box
-  if shape == "circle":
-    d.ellipse(box, fill=COLORS[color])
-  elif shape == "square":
-    d.rectangle(box, fill=COLORS[color])
-  else:
-    d.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=COLORS[color])
+  draw_shape(ImageDraw.Draw(img), shape, color, box)
   return img
 
 

@@ -1,14 +1,44 @@
-"""Reward functions, registered by name: fn(images uint8 (N, H, W, 3), prompts: list[str], completions:
-list[str] | None) -> float32 (N,). A config names one or several (comma-separated); the total is their
-unweighted sum, as in the original."""
+"""Rewards, registered by name. A reward is fn(RewardInputs) -> float32 (N,); a run's reward spec names one or
+several with weights, and the total is their weighted sum (weight 1 each: the original's unweighted sum)."""
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+import dataclasses
+from typing import Any, Callable, Optional
 
 import numpy as np
 
-RewardFn = Callable[[np.ndarray, list, Optional[list]], np.ndarray]
+
+@dataclasses.dataclass
+class RewardInputs:
+  """What the rewards of one GRPO step receive, one entry per row (host side, group-major)."""
+
+  images: np.ndarray  # (N, H, W, 3) uint8: the final images
+  prompts: list  # the caption (or question) of each row
+  completions: Optional[list] = None  # the LM's completion of each row (CoT, reasoning)
+  metadata: Optional[list] = None  # each row's prompt-record fields (GenEval tag/include, answers, captions)
+  sources: Optional[np.ndarray] = None  # (N, H, W, 3) uint8: an edit's source image
+  reconstructions: Optional[np.ndarray] = None  # (N, H, W, 3) uint8: the reverse edit of the edited image
+
+  def __post_init__(self):
+    n = len(self.images)
+    for f in dataclasses.fields(self):
+      v = getattr(self, f.name)
+      if v is not None and len(v) != n:
+        raise ValueError(f"reward inputs: {f.name} has {len(v)} rows, images has {n}")
+
+  def __len__(self) -> int:
+    return len(self.images)
+
+  def need(self, field: str, reward: str) -> Any:
+    """The field's value, or an error naming the reward that needs it."""
+    v = getattr(self, field)
+    if v is None:
+      raise ValueError(f"reward {reward!r} needs `{field}`, which this task does not provide")
+    return v
+
+
+RewardFn = Callable[[RewardInputs], np.ndarray]
 REGISTRY: dict[str, RewardFn] = {}
 
 
@@ -21,27 +51,73 @@ def register(name: str):
   return deco
 
 
-def get(name: str) -> RewardFn:
-  from unirl_jax.rewards import format as _format, jpeg  # noqa: F401  (register)
+def get(name: str, extra: Optional[dict] = None) -> RewardFn:
+  """The reward called `name`: from `extra` (a run's remote rewards) or the registry."""
+  from unirl_jax.rewards import format as _format, jpeg, shapes  # noqa: F401  (register)
+  if extra and name in extra:
+    return extra[name]
   if name not in REGISTRY:
-    raise KeyError(f"unknown reward {name!r}; known: {sorted(REGISTRY)}")
+    known = sorted(REGISTRY) + sorted(extra or ())
+    raise KeyError(f"unknown reward {name!r}; known: {known}")
   return REGISTRY[name]
 
 
-def names(spec) -> list[str]:
-  """"a,b" or ("a", "b") -> ["a", "b"], each checked against the registry."""
-  out = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [str(s) for s in spec]
-  if not out or not all(out):
+@dataclasses.dataclass(frozen=True)
+class Term:
+  """One reward of a run's spec and its weight in the total."""
+
+  name: str
+  weight: float = 1.0
+
+
+def parse(spec) -> tuple[Term, ...]:
+  """A reward spec -> terms: "a,b" or ("a", "b") (weight 1 each), "a:4,b:1", or {"a": 4, "b": 1}.
+  Names are checked against the registry when scored (`check`), not here."""
+  if isinstance(spec, str):
+    items = []
+    for part in (s.strip() for s in spec.split(",")):
+      name, _, w = part.partition(":")
+      items.append((name.strip(), w.strip() or "1"))
+  elif isinstance(spec, dict) or hasattr(spec, "items"):
+    items = list(spec.items())
+  else:
+    items = [(s.name, s.weight) if isinstance(s, Term) else (s, 1.0) for s in spec]
+  out = []
+  for name, w in items:
+    if not isinstance(name, str) or not name:
+      raise ValueError(f"reward spec {spec!r} has an empty reward name")
+    try:
+      w = float(w)
+    except (TypeError, ValueError):
+      raise ValueError(f"reward spec {spec!r}: weight {w!r} of {name!r} is not a number") from None
+    if not np.isfinite(w):
+      raise ValueError(f"reward spec {spec!r}: weight of {name!r} is not finite")
+    out.append(Term(name, w))
+  if not out:
     raise ValueError(f"reward spec {spec!r} names no reward")
-  for n in out:
-    get(n)
-  return out
+  if len({t.name for t in out}) != len(out):
+    raise ValueError(f"reward spec {spec!r} names a reward twice")
+  return tuple(out)
 
 
-def score(spec, images, prompts, completions=None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-  """-> (total (N,), {name: (N,)}): the sum of the named rewards, and each one."""
-  parts = {n: np.asarray(get(n)(images, prompts, completions), np.float32) for n in names(spec)}
-  for n, r in parts.items():
-    if r.shape != (len(images),):
-      raise ValueError(f"reward {n!r} returned shape {r.shape}, expected ({len(images)},)")
-  return sum(parts.values()), parts
+def check(terms, extra: Optional[dict] = None) -> tuple[Term, ...]:
+  """`parse`, then every name looked up (an unknown one fails now, not after the first rollout)."""
+  terms = parse(terms)
+  for t in terms:
+    get(t.name, extra)
+  return terms
+
+
+def score(spec, inputs: RewardInputs, extra: Optional[dict] = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+  """-> (total (N,), {name: (N,)}): the weighted sum of the spec's rewards, and each one unweighted; `extra`
+  maps more names to reward fns (a run's remote rewards)."""
+  parts = {}
+  for t in check(spec, extra):
+    r = np.asarray(get(t.name, extra)(inputs), np.float32)
+    if r.shape != (len(inputs),):
+      raise ValueError(f"reward {t.name!r} returned shape {r.shape}, expected ({len(inputs)},)")
+    if not np.isfinite(r).all():
+      raise ValueError(f"reward {t.name!r} returned a non-finite value at rows {np.flatnonzero(~np.isfinite(r))}")
+    parts[t.name] = r
+  total = sum(np.float32(t.weight) * parts[t.name] for t in parse(spec))
+  return np.asarray(total, np.float32), parts

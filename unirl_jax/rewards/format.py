@@ -6,14 +6,13 @@ import re
 
 import numpy as np
 
-from unirl_jax.rewards import register
+from unirl_jax.rewards import RewardInputs, register
 
 _ANSWER = re.compile(r"<answer>.*?</answer>")  # re.match, no DOTALL: the answer must open the first line
 
 
 @register("format")
-def format_reward(images, prompts, completions=None):
-  if completions is None:
-    raise ValueError("the 'format' reward needs LM completions (a CoT task)")
+def format_reward(inputs: RewardInputs) -> np.ndarray:
+  completions = inputs.need("completions", "format")
   return np.asarray([1.0 if _ANSWER.match(c.strip()) else 0.0 for c in completions], np.float32)
 

@@ -7,7 +7,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from unirl_jax.rewards import register
+from unirl_jax.rewards import RewardInputs, register
 
 
 def jpeg_kb(images: np.ndarray, quality: int = 95) -> np.ndarray:
@@ -20,12 +20,12 @@ def jpeg_kb(images: np.ndarray, quality: int = 95) -> np.ndarray:
 
 
 @register("jpeg_compressibility")
-def jpeg_compressibility(images, prompts=None, completions=None):
+def jpeg_compressibility(inputs: RewardInputs) -> np.ndarray:
   """−KB/500: smaller files score higher."""
-  return -jpeg_kb(images) / 500.0
+  return -jpeg_kb(inputs.images) / 500.0
 
 
 @register("jpeg_incompressibility")
-def jpeg_incompressibility(images, prompts=None, completions=None):
+def jpeg_incompressibility(inputs: RewardInputs) -> np.ndarray:
   """KB: larger files score higher."""
-  return jpeg_kb(images)
+  return jpeg_kb(inputs.images)

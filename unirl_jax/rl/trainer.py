@@ -49,7 +49,8 @@ class GRPOTrainer(Trainer):
     if c.image_size % f:
       raise ValueError(f"image_size {c.image_size} is not a multiple of the VAE compression {f}")
     self.latent_hw = (c.image_size // f, c.image_size // f)
-    rewards.names(c.reward)  # fail now on an unknown reward, not after the first rollout
+    self.reward_fns = dict(c.remote_rewards)
+    rewards.check(c.reward, self.reward_fns)  # fail now on an unknown reward, not after the first rollout
     os.makedirs(os.path.join(self.workdir, "samples"), exist_ok=True)
     # The reference policy: the initial trainable params; everything frozen is shared, not copied.
     self.ref_trainable = self.place(train_state.cast_floating(jax.tree.map(jnp.array, self.state["trainable"]),
@@ -83,8 +84,7 @@ class GRPOTrainer(Trainer):
     c = self.config
     rng = jax.random.fold_in(jax.random.PRNGKey(c.seed), step)
     roll = self.task.rollout(step, rng)
-    ri = roll.rewards
-    r, parts = rewards.score(c.reward, ri.images, ri.prompts, ri.completions)
+    r, parts = rewards.score(c.reward, roll.rewards, self.reward_fns)
     adv = self.advantages(r)
     exp = roll.experience.replace(advantages=self.put_rows(adv))
     self.state, m = self.update_fn(exp)(self.state, self.frozen, self.ref_trainable, exp)

@@ -8,22 +8,13 @@ group-major order, `group_size` per prompt), and applies one update with the tas
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar
 
 import jax
 import numpy as np
 
+from unirl_jax.rewards import RewardInputs
 from unirl_jax.rl.batch import Experience
-
-
-@dataclasses.dataclass
-class RewardInputs:
-  """What the rewards of a step receive, one entry per row (host side)."""
-
-  images: np.ndarray  # (N, H, W, 3) uint8: the final images
-  prompts: list  # the caption of each row
-  completions: Optional[list] = None  # the LM's completion of each row (CoT, reasoning)
-  metadata: Optional[list] = None  # each row's prompt record fields (GenEval tags, answers, edit captions)
 
 
 @dataclasses.dataclass

@@ -48,15 +48,17 @@ class TextToImage(Task):
 
   def rollout(self, step: int, rng) -> Rollout:
     e = self.engine
-    texts = e.prompts.captions(step)
+    recs = e.prompts.step_records(step)
+    texts = [r.text for r in recs]
     _, k_dm = jax.random.split(rng)
-    return self.images(texts, e.put_rows(self.condition(texts)), k_dm, {})
+    return self.images(texts, e.put_rows(self.condition(texts)), k_dm, {}, metadata=[r.metadata for r in recs])
 
-  def images(self, texts, condition: Condition, rng, samples: dict, completions=None) -> Rollout:
-    """The DM rollouts for `condition`'s rows, and what the rewards see."""
+  def images(self, texts, condition: Condition, rng, samples: dict, completions=None, metadata=None) -> Rollout:
+    """The DM rollouts for `condition`'s rows, and what the rewards see (`metadata`: one dict per prompt)."""
     e = self.engine
     traj, images = self._rollout(e.state["trainable"], e.frozen, condition, self.schedule, rng)
     g = e.config.group_size
-    reward_in = RewardInputs(to_uint8(jax.device_get(images)), [t for t in texts for _ in range(g)], completions)
+    rows = lambda per_prompt: None if per_prompt is None else [x for x in per_prompt for _ in range(g)]
+    reward_in = RewardInputs(to_uint8(jax.device_get(images)), rows(texts), completions, rows(metadata))
     exp = Experience(advantages=None, schedule=self.schedule, dm=DMRows(condition, traj))
     return Rollout(exp, reward_in, samples)

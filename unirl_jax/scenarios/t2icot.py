@@ -61,10 +61,11 @@ class CoTTextToImage(TextToImage):
 
   def rollout(self, step: int, rng) -> Rollout:
     e = self.engine
-    texts = e.prompts.captions(step)
+    recs = e.prompts.step_records(step)
+    texts = [r.text for r in recs]
     k_lm, k_dm = jax.random.split(rng)
     comps, completions, condition = self.complete(texts, k_lm)
     out = self.images(texts, e.put_rows(condition), k_dm, {"captions": texts, "completions": completions},
-                      completions)
+                      completions, [r.metadata for r in recs])
     out.experience = out.experience.replace(lm=e.put_rows(comps))
     return out

@@ -1,0 +1,80 @@
+"""`python -m unirl_jax.rewards.serve --reward NAME [--host 127.0.0.1] [--port 8000]`: serves a registered
+reward over the JSON protocol of `unirl_jax.rewards.remote` (the standard library's threading HTTP server)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+import numpy as np
+
+from unirl_jax import rewards
+from unirl_jax.rewards.remote import from_request
+
+MAX_BODY = 1 << 30
+
+
+def make_server(fn: Callable, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
+  """An HTTP server scoring POSTed batches with fn(RewardInputs) -> (N,); port 0 picks a free one
+  (`server.server_address`). Rewards run one batch at a time (a lock), as a device-bound scorer must."""
+  lock = threading.Lock()
+
+  class Handler(BaseHTTPRequestHandler):
+    def _reply(self, code: int, obj: dict) -> None:
+      body = json.dumps(obj).encode()
+      self.send_response(code)
+      self.send_header("Content-Type", "application/json")
+      self.send_header("Content-Length", str(len(body)))
+      self.end_headers()
+      self.wfile.write(body)
+
+    def do_POST(self):  # noqa: N802  (http.server's name)
+      n = int(self.headers.get("Content-Length") or 0)
+      if not 0 < n <= MAX_BODY:
+        return self._reply(400, {"error": f"Content-Length {n} outside (0, {MAX_BODY}]"})
+      try:
+        inputs = from_request(json.loads(self.rfile.read(n)))
+      except (ValueError, json.JSONDecodeError) as e:
+        return self._reply(400, {"error": str(e)})
+      try:
+        with lock:
+          scores = np.asarray(fn(inputs), np.float64)
+      except Exception as e:  # noqa: BLE001  (the client sees the reward's failure, the server keeps serving)
+        return self._reply(500, {"error": f"{type(e).__name__}: {e}"})
+      return self._reply(200, {"scores": scores.tolist()})
+
+    def log_message(self, fmt, *args):  # quiet: one line per request would flood a training log
+      pass
+
+  return ThreadingHTTPServer((host, port), Handler)
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog="python -m unirl_jax.rewards.serve", description=__doc__)
+  p.add_argument("--reward", required=True, help="a registered reward name (unirl_jax.rewards)")
+  p.add_argument("--host", default="127.0.0.1")
+  p.add_argument("--port", type=int, default=8000)
+  a = p.parse_args(argv)
+  try:
+    fn = rewards.get(a.reward)
+  except KeyError as e:
+    print(f"error: {e.args[0]}", file=sys.stderr)
+    return 2
+  server = make_server(fn, a.host, a.port)
+  host, port = server.server_address[:2]
+  print(f"serving reward {a.reward!r} on http://{host}:{port}/", flush=True)
+  try:
+    server.serve_forever()
+  except KeyboardInterrupt:
+    pass
+  finally:
+    server.server_close()
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
