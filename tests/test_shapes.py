@@ -67,3 +67,12 @@ def test_write_makes_prompt_files_and_a_pretraining_manifest(tmp_path):
   scenes, _ = records.read_sources([paths["scenes"]])
   assert len(scenes) == 12
   assert [json.loads(line)["prompt"] for line in open(paths["train_prompts"])] == [s.caption for s in scenes]
+
+
+def test_vae_fit_can_use_the_scenes():
+  from unirl_jax import run_config, vae_fit
+  x = vae_fit.scene_images(4, 32, seed=0)
+  assert x.shape == (4, 32, 32, 3) and x.min() >= -1 and x.max() <= 1
+  assert sorted(vae_fit.DATA) == ["geneval_scenes", "shapes"]
+  with pytest.raises(run_config.ConfigError, match="model.vae_fit_data 'scenes'"):
+    run_config.ModelSettings(vae_fit_data="scenes")

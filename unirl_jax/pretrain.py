@@ -73,12 +73,18 @@ class Pretrainer(Trainer):
   def _dataset(self):
     d = self.config.data
     sources = list(d.sources)
-    if not sources:  # the tiny default: a synthetic dataset made on first use
-      from unirl_jax.data import synthetic
+    if not sources:  # the tiny defaults: a synthetic dataset made on first use
       out = os.path.join(self.workdir, "synthetic_data")
-      manifest = os.path.join(out, "train.jsonl")
-      if not os.path.exists(manifest):
-        synthetic.generate(out, n=d.synthetic_n, size=d.image_size, seed=self.config.seed)
+      if d.synthetic == "geneval_scenes":
+        from unirl_jax.data import shapes
+        manifest = os.path.join(out, "scenes.jsonl")
+        if not os.path.exists(manifest):
+          shapes.write(out, n_train=d.synthetic_n, size=d.image_size, seed=self.config.seed)
+      else:
+        from unirl_jax.data import synthetic
+        manifest = os.path.join(out, "train.jsonl")
+        if not os.path.exists(manifest):
+          synthetic.generate(out, n=d.synthetic_n, size=d.image_size, seed=self.config.seed)
       sources = [manifest]
     records, stats = records_lib.read_sources(sources, skip_bad=d.skip_bad)
     self.read_stats = stats

@@ -43,6 +43,7 @@ class ModelSettings:
   kernels: str = "auto"
   frozen_dtype: Optional[str] = None  # e.g. "bfloat16": frozen weights and the reference policy stored so
   vae_fit_steps: int = 0  # fit a random preset's DC-AE to the synthetic shapes first (unirl_jax.vae_fit)
+  vae_fit_data: str = "shapes"  # what it is fitted on: "shapes" (one per image) or "geneval_scenes"
 
   def __post_init__(self):
     object.__setattr__(self, "remat", _remat(self.remat))
@@ -50,6 +51,8 @@ class ModelSettings:
       raise ConfigError(f"model.scan_unroll must be >= 1, got {self.scan_unroll}")
     if self.kernels not in KERNELS:
       raise ConfigError(f"model.kernels {self.kernels!r} not one of {KERNELS}")
+    if self.vae_fit_data not in ("shapes", "geneval_scenes"):
+      raise ConfigError(f"model.vae_fit_data {self.vae_fit_data!r} not one of 'shapes', 'geneval_scenes'")
 
 
 def _remat(value) -> Mapping[str, str]:
@@ -178,12 +181,20 @@ class GRPORun:
 class DataSettings:
   sources: tuple[str, ...] = ()  # JSONL manifests or "t2i:PATH"/"edit:PATH" parquet; empty: synthetic shapes
   synthetic_n: int = 512  # images in the generated synthetic set
+  # Which synthetic set, when `sources` is empty: "shapes" (one shape per image, captions and colour edits:
+  # unirl_jax.data.synthetic) or "geneval_scenes" (multi-object scenes for GenEval-format prompts:
+  # unirl_jax.data.shapes; the cold start of the GenEval scenario).
+  synthetic: str = "shapes"
   image_size: int = 32  # target images, square pixels (UniRL: 1024)
   vit_size: int = 56  # the source image as the LM sees it (UniRL: 672 -> 576 tokens)
   max_text_len: int = 64  # prompt tokens (longer ones are truncated, as the original)
   batch_size: int = 8
   edit_weight: float = -1.0  # share of editing batches; < 0: proportional to the record counts
   skip_bad: bool = False  # skip (and count) bad records instead of stopping with file:line
+
+  def __post_init__(self):
+    if self.synthetic not in ("shapes", "geneval_scenes"):
+      raise ConfigError(f"data.synthetic {self.synthetic!r} not one of 'shapes', 'geneval_scenes'")
 
 
 @dataclasses.dataclass(frozen=True)

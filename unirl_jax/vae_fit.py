@@ -30,14 +30,25 @@ def shape_images(n: int, size: int, seed: int = 0) -> np.ndarray:
   return out
 
 
+def scene_images(n: int, size: int, seed: int = 0) -> np.ndarray:
+  """(n, size, size, 3) float32 in [-1, 1]: multi-object scenes for GenEval-format prompts (data.shapes)."""
+  from unirl_jax.data import shapes
+  rs = np.random.RandomState(seed)
+  recs = shapes.prompts(n, seed)
+  return np.stack([np.asarray(shapes.render(r, size, rs), np.float32) / 127.5 - 1.0 for r in recs])
+
+
+DATA = {"shapes": shape_images, "geneval_scenes": scene_images}
+
+
 def fit(vae: dc_ae_lib.DCAE, params, steps: int, image_size: int, batch: int = 16, lr: float = 3e-3,
-        latent_noise: float = 0.5, seed: int = 0):
+        latent_noise: float = 0.5, seed: int = 0, data: str = "shapes"):
   """Autoencoder fit of all DC-AE params: MSE(decode(z + σε), x) + 1e-3·|z|², z the scaled latents.
 
   The latent noise and penalty keep z near the N(0, 1) scale the DiT samples from, so unseen latents decode
   to smooth blobs too. Deterministic given `seed`. Returns (params, final reconstruction MSE).
   """
-  data = jnp.asarray(shape_images(max(batch * 8, 128), image_size, seed))
+  data = jnp.asarray(DATA[data](max(batch * 8, 128), image_size, seed))
   tx = optax.adam(lr)
 
   def loss_fn(p, x, key):
