@@ -1,55 +1,18 @@
 """The GenEval scenario's cold start: flow-matching pretraining of a tiny unified model on multi-object shape
-scenes rendered for GenEval-format prompts (unirl_jax.data.shapes), on CPU.
+scenes rendered for GenEval-format prompts (unirl_jax.data.shapes), on CPU. configs/pretrain_tiny.py otherwise.
 
 python -m unirl_jax.train --config configs/pretrain_geneval_tiny.py
 """
 
-import ml_collections
+from configs import pretrain_tiny
 
 
 def get_config():
-  c = ml_collections.ConfigDict()
-  c.mode = "pretrain"
-  c.seed = 0
+  c = pretrain_tiny.get_config()
   c.workdir = "workdir/pretrain_geneval_tiny"
-
-  c.model = ml_collections.ConfigDict()
-  c.model.init = "preset:tiny_qwen_vocab"  # or a unified checkpoint dir (python -m convert unirl ...)
-  c.model.dtype = "float32"
-  c.model.remat = "none"
-  c.model.frozen_dtype = ml_collections.FieldReference(None, field_type=str)
   c.model.vae_fit_steps = 1500  # a random DC-AE decodes noise: fit it to the scenes first (unirl_jax.vae_fit)
   c.model.vae_fit_data = "geneval_scenes"
-
-  c.data = ml_collections.ConfigDict()
-  c.data.sources = []  # empty: a synthetic dataset is generated into the workdir
   c.data.synthetic = "geneval_scenes"  # prompts of all six GenEval tags, each rendered once
   c.data.synthetic_n = 2048
-  c.data.image_size = 32
-  c.data.vit_size = 56  # 4x4 patches -> 4 LM tokens for editing prompts
-  c.data.max_text_len = 64
-  c.data.batch_size = 8
-  c.data.edit_weight = -1.0  # < 0: proportional to the record counts
-  c.data.skip_bad = False
-
-  c.optim = ml_collections.ConfigDict()
-  c.optim.lr = 1e-3
-  c.optim.min_lr = 1e-4
-  c.optim.warmup_steps = 10
-  c.optim.schedule = "cosine"
-  c.optim.b1, c.optim.b2, c.optim.eps = 0.9, 0.999, 1e-8
-  c.optim.weight_decay = 0.0
-  c.optim.grad_clip = 1.0
-
-  c.loss = ml_collections.ConfigDict()
-  c.loss.cond_dropout = 0.05  # each of: text only, reference only, both
-
-  c.train = ml_collections.ConfigDict()
-  c.train.total_steps = 300
-  c.train.log_every = 10
-  c.train.checkpoint_every = 100
-  c.train.keep_checkpoints = 2
   c.train.trainable = ("dit", "connector", "t2i_queries")
-
-  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
   return c
