@@ -138,3 +138,40 @@ def test_presets_have_the_published_parameter_counts():
   from unirl_jax.models import param_utils
   assert param_utils.num_params(clip.abstract_params(clip.vit_l_14())) == 427_616_513
   assert param_utils.num_params(clip.abstract_params(clip.vit_h_14())) == 986_109_441
+
+
+def test_preprocessor_with_a_clip_tokenizer_and_image_processor(tmp_path):
+  """`rewards.clip.Preprocessor` on a converted dir holding a CLIP tokenizer (end-of-text doubles as the pad, as
+  in openai's) and the PIL CLIP image processor: the embeddings of raw captions and uint8 images equal
+  transformers' on the same processor outputs."""
+  import string
+  from transformers import CLIPImageProcessorPil, CLIPTokenizer
+  vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+  for suffix in ("", "</w>"):
+    vocab.update({c + suffix: len(vocab) + i for i, c in enumerate(string.ascii_lowercase)})
+  tok = CLIPTokenizer(vocab=vocab, merges=[], unk_token="<|endoftext|>")
+  cfg = clip.tiny()
+  cfg = cfg.replace(text=clip.TextConfig(32, 64, 2, 4, vocab_size=99, max_position_embeddings=16, bos_token_id=0,
+                                         eos_token_id=1, pad_token_id=1))
+  m = hf_model(cfg, seed=3)
+  m.save_pretrained(tmp_path / "hf")
+  tok.save_pretrained(tmp_path / "hf")
+  CLIPImageProcessorPil(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30}).save_pretrained(
+      tmp_path / "hf")
+  import_kind("clip", str(tmp_path / "hf"), str(tmp_path / "jax"))
+  model, params = clip.load(str(tmp_path / "jax"))
+  pre = clip_rewards.Preprocessor(str(tmp_path / "jax"), max_length=16)
+  images = np.random.default_rng(0).integers(0, 256, (2, 40, 50, 3), dtype=np.uint8)
+  captions = ["a red cat", "two dogs on grass"]
+  pixels, (ids, mask) = pre.pixels(images), pre.text(captions)
+  assert pixels.shape == (2, 3, 30, 30) and ids.shape == (2, 16) and (ids[:, -1] == 1).all()  # padded with eos
+  s = clip_rewards.Scorer(model, params)
+  with torch.no_grad():
+    out = m.get_text_features(input_ids=torch.from_numpy(ids.astype(np.int64)),
+                              attention_mask=torch.from_numpy(mask.astype(np.int64)))
+  want = torch.nn.functional.normalize(getattr(out, "pooler_output", out), dim=-1).numpy()
+  np.testing.assert_allclose(np.asarray(s.text_embeds(jnp.asarray(ids), jnp.asarray(mask))), want, **TOL)
+  from PIL import Image
+  ref = CLIPImageProcessorPil.from_pretrained(str(tmp_path / "hf"))
+  want_px = ref(images=[Image.fromarray(x) for x in images], return_tensors="np")["pixel_values"]
+  np.testing.assert_array_equal(pixels, want_px)
