@@ -111,13 +111,14 @@ def check(terms, extra: Optional[dict] = None) -> tuple[Term, ...]:
 def score(spec, inputs: RewardInputs, extra: Optional[dict] = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
   """-> (total (N,), {name: (N,)}): the weighted sum of the spec's rewards, and each one unweighted; `extra`
   maps more names to reward fns (a run's remote rewards)."""
+  terms = check(spec, extra)
   parts = {}
-  for t in check(spec, extra):
+  for t in terms:
     r = np.asarray(get(t.name, extra)(inputs), np.float32)
     if r.shape != (len(inputs),):
       raise ValueError(f"reward {t.name!r} returned shape {r.shape}, expected ({len(inputs)},)")
     if not np.isfinite(r).all():
       raise ValueError(f"reward {t.name!r} returned a non-finite value at rows {np.flatnonzero(~np.isfinite(r))}")
     parts[t.name] = r
-  total = sum(np.float32(t.weight) * parts[t.name] for t in parse(spec))
+  total = sum(np.float32(t.weight) * parts[t.name] for t in terms)
   return np.asarray(total, np.float32), parts
