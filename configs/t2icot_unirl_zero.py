@@ -1,7 +1,7 @@
 """UniRL-Zero CoT-enhanced generation at the real size (the original's train_blip3o_t2icot.sh):
 G=8 completions (T=1, top-k 50, 512 new tokens) -> 8 images, reward GenEval + format, DiT group lr 3e-6 and
 LLM lr 5e-7, DM beta 4e-3, LM k3 KL 0.01. Starts from the CoT cold-start checkpoint (its SFT recipe is not
-released); "gen_eval" must be registered first (see configs/t2i_unirl_zero.py).
+released); "gen_eval" is the GenEval detector service of configs/t2i_unirl_zero.py.
 """
 
 from configs import t2i_unirl_zero, t2icot_tiny

@@ -19,9 +19,7 @@ def test_config_builds(name):
   run = run_config.load(importlib.import_module(f"configs.{name}").get_config())
   assert isinstance(run, (run_config.GRPORun, run_config.PretrainRun))
   if run.mode == "grpo":
-    for r in run.reward:
-      if r.name != "gen_eval":  # the GenEval scorer is a service the user registers
-        rewards.get(r.name)
+    assert rewards.check(run.reward, dict(run.remote_rewards))  # every reward local or served (gen_eval)
   if run.model.init.startswith("preset:"):
     assert hasattr(unified, run.model.init.split(":", 1)[1])
 

@@ -142,3 +142,32 @@ def test_run_config_builds_remote_rewards_and_refuses_bad_ones():
   c.remote_rewards = {"pick": "h:1"}
   with pytest.raises(run_config.ConfigError, match="remote_rewards.pick: give an http"):
     run_config.load(c)
+
+
+def test_geneval_served_from_a_named_detector_equals_the_built_in_reward():
+  """`serve --reward geneval --detector MODULE:FUNCTION`: GenEval scoring around any detector, here the shapes one."""
+  from unirl_jax.data import shapes
+  from unirl_jax.rewards.serve import detector_reward
+  recs = shapes.prompts(6, seed=1)
+  rs = np.random.RandomState(0)
+  scenes = [np.asarray(shapes.render(r, 32, rs)) for r in recs]
+  scenes[3] = np.roll(scenes[3], 1, axis=2)  # a "colors" prompt with its channels rotated: the wrong colour
+  x = RewardInputs(np.stack(scenes), [r["prompt"] for r in recs], metadata=recs)
+  for reward, local in (("geneval", "geneval_shapes"), ("geneval_correct", "geneval_shapes_correct")):
+    with serving(make_server(detector_reward(reward, "unirl_jax.rewards.shapes:detect"))) as url:
+      got = RemoteReward(url)(x)
+    np.testing.assert_array_equal(got, rewards.get(local)(x))
+  assert len(set(got.tolist())) == 2  # both outcomes occur
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--reward", "geneval", "--detector", "unirl_jax.rewards.shapes"], "give MODULE:FUNCTION"),
+    (["--reward", "geneval", "--detector", "unirl_jax.rewards.shapes:nope"], "has no attribute 'nope'"),
+    (["--reward", "geneval", "--detector", "no_such_module:detect"], "No module named 'no_such_module'"),
+    (["--reward", "jpeg_compressibility", "--detector", "unirl_jax.rewards.shapes:detect"], "give --reward geneval"),
+    (["--reward", "nope"], "unknown reward 'nope'"),
+])
+def test_serve_refuses_a_bad_reward_or_detector(argv, msg, capsys):
+  from unirl_jax.rewards import serve
+  assert serve.main(argv) == 2
+  assert msg in capsys.readouterr().err

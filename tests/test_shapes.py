@@ -42,7 +42,7 @@ def test_rendered_scenes_satisfy_their_prompts():
   recs = shapes.prompts(60, seed=3)
   rs = np.random.RandomState(0)
   images = np.stack([np.asarray(shapes.render(r, 64, rs)) for r in recs])
-  results = rewards.shapes.score(RewardInputs(images, [r["prompt"] for r in recs], metadata=recs))
+  results = [geneval.evaluate(rewards.shapes.detect(img), r) for img, r in zip(images, recs)]
   bad = [(r["prompt"], x) for r, x in zip(recs, results) if not (x.score == 1 and x.correct and x.strict_correct)]
   assert not bad, bad[:3]
 

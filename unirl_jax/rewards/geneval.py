@@ -10,7 +10,7 @@ GenEval's: {"tag", "include": [{"class", "count", "color"?, "position"?: [relati
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -161,3 +161,24 @@ def evaluate(detections: dict, metadata: dict, s: Settings = Settings()) -> Resu
   objects = select(detections, metadata["tag"], s)
   score, strict, reasons = partial_credit(objects, metadata, s.position_margin)
   return Result(float(score), bool(strict), geneval_correct(objects, metadata, s.position_margin), tuple(reasons))
+
+
+def rewards_from(detect: Callable[[np.ndarray], dict], name: str = "geneval",
+                 s: Settings = Settings()) -> tuple[Callable, Callable]:
+  """(partial credit, GenEval 0/1) as rewards fn(RewardInputs) -> (N,), from a detector: an (H, W, 3) uint8
+  image -> {class: [Detection]} (the shapes detector, or a Mask2Former wrapper served with
+  `python -m unirl_jax.rewards.serve --reward geneval --detector MODULE:FUNCTION`)."""
+
+  def results(inputs) -> list[Result]:
+    meta = inputs.need("metadata", name)
+    return [evaluate(detect(img), m, s) for img, m in zip(inputs.images, meta)]
+
+  def partial(inputs) -> np.ndarray:
+    return np.asarray([r.score for r in results(inputs)], np.float32)
+
+  def correct(inputs) -> np.ndarray:
+    return np.asarray([float(r.correct) for r in results(inputs)], np.float32)
+
+  partial.__doc__ = f"GenEval's partial credit (the original's training reward) from {name}'s detections."
+  correct.__doc__ = f"GenEval's official correctness (0/1) from {name}'s detections; weight 0 to log accuracy."
+  return partial, correct

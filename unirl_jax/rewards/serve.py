@@ -1,5 +1,9 @@
 """`python -m unirl_jax.rewards.serve --reward NAME [--host 127.0.0.1] [--port 8000]`: serves a registered
-reward over the JSON protocol of `unirl_jax.rewards.remote` (the standard library's threading HTTP server)."""
+reward over the JSON protocol of `unirl_jax.rewards.remote` (the standard library's threading HTTP server).
+
+`--reward geneval[_correct] --detector MODULE:FUNCTION` serves GenEval scoring (`rewards.geneval`) from any
+detector: FUNCTION maps an (H, W, 3) uint8 image to {class: [rewards.geneval.Detection]} (e.g. a Mask2Former
+wrapper on the scoring machine); the training side names the URL in `remote_rewards`."""
 
 from __future__ import annotations
 
@@ -53,15 +57,34 @@ def make_server(fn: Callable, host: str = "127.0.0.1", port: int = 0) -> Threadi
   return ThreadingHTTPServer((host, port), Handler)
 
 
+def detector_reward(reward: str, spec: str) -> Callable:
+  """GenEval's partial credit ("geneval") or 0/1 correctness ("geneval_correct") from the detector MODULE:FUNCTION."""
+  import importlib
+  from unirl_jax.rewards import geneval
+  if reward not in ("geneval", "geneval_correct"):
+    raise ValueError(f"--detector scores GenEval: give --reward geneval or geneval_correct, not {reward!r}")
+  module, _, name = spec.partition(":")
+  if not module or not name:
+    raise ValueError(f"--detector {spec!r}: give MODULE:FUNCTION, e.g. unirl_jax.rewards.shapes:detect")
+  try:
+    detect = getattr(importlib.import_module(module), name)
+  except (ImportError, AttributeError) as e:
+    raise ValueError(f"--detector {spec!r}: {e}") from None
+  partial, correct = geneval.rewards_from(detect, spec)
+  return partial if reward == "geneval" else correct
+
+
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m unirl_jax.rewards.serve", description=__doc__)
-  p.add_argument("--reward", required=True, help="a registered reward name (unirl_jax.rewards)")
+  p = argparse.ArgumentParser(prog="python -m unirl_jax.rewards.serve", description=__doc__.splitlines()[0])
+  p.add_argument("--reward", required=True, help="a registered reward name (unirl_jax.rewards), or geneval / "
+                 "geneval_correct with --detector")
+  p.add_argument("--detector", help="MODULE:FUNCTION, an image -> {class: [Detection]} detector for GenEval")
   p.add_argument("--host", default="127.0.0.1")
   p.add_argument("--port", type=int, default=8000)
   a = p.parse_args(argv)
   try:
-    fn = rewards.get(a.reward)
-  except KeyError as e:
+    fn = detector_reward(a.reward, a.detector) if a.detector else rewards.get(a.reward)
+  except (KeyError, ValueError) as e:
     print(f"error: {e.args[0]}", file=sys.stderr)
     return 2
   server = make_server(fn, a.host, a.port)

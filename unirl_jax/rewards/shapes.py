@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from unirl_jax.data.shapes import BACKGROUND, COLORS, SHAPES, draw_shape
-from unirl_jax.rewards import RewardInputs, geneval, register
+from unirl_jax.rewards import geneval, register
 
 PALETTE = np.asarray([BACKGROUND] + list(COLORS.values()), np.float32)
 NAMES = ["background"] + list(COLORS)
@@ -51,18 +51,6 @@ def detect(image: np.ndarray, min_area_frac: float = 0.004, max_color_dist: floa
   return out
 
 
-def score(inputs: RewardInputs, settings: geneval.Settings = geneval.Settings()) -> list[geneval.Result]:
-  meta = inputs.need("metadata", "geneval_shapes")
-  return [geneval.evaluate(detect(img), m, settings) for img, m in zip(inputs.images, meta)]
-
-
-@register("geneval_shapes")
-def geneval_shapes(inputs: RewardInputs) -> np.ndarray:
-  """GenEval's partial credit from the shapes detector (the original trains on the partial score)."""
-  return np.asarray([r.score for r in score(inputs)], np.float32)
-
-
-@register("geneval_shapes_correct")
-def geneval_shapes_correct(inputs: RewardInputs) -> np.ndarray:
-  """GenEval's official correctness (0/1) from the shapes detector; weight it 0 to log accuracy per step."""
-  return np.asarray([float(r.correct) for r in score(inputs)], np.float32)
+geneval_shapes, geneval_shapes_correct = geneval.rewards_from(detect, "geneval_shapes")
+register("geneval_shapes")(geneval_shapes)
+register("geneval_shapes_correct")(geneval_shapes_correct)
