@@ -45,6 +45,23 @@ def test_to_hf_round_trip():
   assert Qwen2_5_VLConfig.from_hf(cfg.to_hf_dict()) == cfg
 
 
+def test_initializer_range_is_read_written_and_used():
+  """transformers' `initializer_range` (the std of embeddings and linear kernels at random init)."""
+  import dataclasses
+  import jax
+  cfg = qwen2_5_vl.tiny(tie_word_embeddings=False)
+  cfg = cfg.replace(text=dataclasses.replace(cfg.text, initializer_range=0.3))
+  d = cfg.to_hf_dict()
+  assert d["text_config"]["initializer_range"] == 0.3 and Qwen2_5_VLConfig.from_hf(d) == cfg
+  import flax.linen as nn
+  from unirl_jax.models.qwen2_5_vl.params import _boxed_init
+  params = nn.unbox(_boxed_init(cfg, jax.random.PRNGKey(0)))
+  text = params["language_model"]
+  for x in (text["embed_tokens"]["embedding"], text["layers"]["self_attn"]["q_proj"]["kernel"],
+            text["layers"]["mlp"]["down_proj"]["kernel"], params["lm_head"]["kernel"]):
+    assert abs(float(np.std(x)) - 0.3) < 0.03, x.shape
+
+
 def test_3b_param_count_matches_transformers():
   """The real-size preset initialises abstractly with exactly the reference's parameter count."""
   from transformers import Qwen2_5_VLConfig as HFConfig, Qwen2_5_VLForConditionalGeneration

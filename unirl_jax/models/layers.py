@@ -132,10 +132,12 @@ class GatedMLP(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   kernels: str = "auto"
+  init_std: float = 0.02  # the kernels' N(0, std²) init
 
   @nn.compact
   def __call__(self, x):
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, use_bias=self.use_bias, kernels=self.kernels)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, use_bias=self.use_bias, kernels=self.kernels,
+              kernel_init=nn.initializers.normal(self.init_std))
     g = dense(self.intermediate_size, self.axes, name="gate_proj", **kw)(x)
     u = dense(self.intermediate_size, self.axes, name="up_proj", **kw)(x)
     return dense(x.shape[-1], self.axes[::-1], name="down_proj", **kw)(nn.silu(g) * u)

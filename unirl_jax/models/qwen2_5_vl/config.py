@@ -52,6 +52,7 @@ class TextConfig:
   rope_theta: float = 1_000_000.0
   mrope_section: tuple[int, ...] = (16, 24, 24)
   max_position_embeddings: int = 128000
+  initializer_range: float = 0.02  # std of the random init of embeddings and dense kernels
 
   @property
   def head_dim(self) -> int:
@@ -147,7 +148,8 @@ class Qwen2_5_VLConfig:
         num_attention_heads=n_heads, num_key_value_heads=text.get("num_key_value_heads") or n_heads,
         rms_norm_eps=text.get("rms_norm_eps", 1e-6), rope_theta=float(theta),
         mrope_section=tuple(rope["mrope_section"]),
-        max_position_embeddings=text.get("max_position_embeddings", 128000))
+        max_position_embeddings=text.get("max_position_embeddings", 128000),
+        initializer_range=text.get("initializer_range", d.get("initializer_range", 0.02)))
     vrope = vis.get("rope_parameters") or {}
     vc = VisionConfig(
         depth=vis.get("depth", 32), hidden_size=vis.get("hidden_size", 1280),
@@ -187,7 +189,7 @@ class Qwen2_5_VLConfig:
             "intermediate_size": t.intermediate_size, "num_hidden_layers": t.num_hidden_layers,
             "num_attention_heads": t.num_attention_heads, "num_key_value_heads": t.num_key_value_heads,
             "rms_norm_eps": t.rms_norm_eps, "hidden_act": "silu",
-            "max_position_embeddings": t.max_position_embeddings,
+            "max_position_embeddings": t.max_position_embeddings, "initializer_range": t.initializer_range,
             "rope_parameters": {"rope_type": "default", "rope_theta": t.rope_theta,
                                 "mrope_section": list(t.mrope_section)},
             "bos_token_id": self.bos_token_id, "eos_token_id": list(self.eos_token_id),

@@ -47,7 +47,8 @@ class Qwen2_5_VL(nn.Module):
     self.language_model = TextModel(cfg)
     if not cfg.tie_word_embeddings:
       self.lm_head = layers.dense(cfg.text.vocab_size, ("embed", "vocab"), use_bias=False,
-                                  dtype=dtype_of(cfg.dtype), param_dtype=dtype_of(cfg.param_dtype), kernels=cfg.kernels)
+                                  dtype=dtype_of(cfg.dtype), param_dtype=dtype_of(cfg.param_dtype), kernels=cfg.kernels,
+                                  kernel_init=nn.initializers.normal(cfg.text.initializer_range))
 
   def get_image_features(self, pixel_values, image_grid_thw):
     return self.visual(pixel_values, image_grid_thw)

@@ -52,7 +52,8 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x, cos, sin, mask, layer_cache, index):
-    cfg, kw = self.cfg, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    cfg = self.cfg
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=nn.initializers.normal(cfg.initializer_range))
     b, t, _ = x.shape
     n, kvh, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
     q = layers.dense(n * hd, ("embed", "heads"), name="q_proj", kernels=self.kernels, **kw)(x).reshape(b, t, n, hd)
@@ -91,7 +92,8 @@ class DecoderLayer(nn.Module):
         h, cos, sin, mask, layer_cache, index)
     x = x + h
     h = layers.RMSNorm(cfg.rms_norm_eps, axis_name="embed", name="post_attention_layernorm", **kw)(x)
-    return x + layers.GatedMLP(cfg.intermediate_size, name="mlp", kernels=self.kernels, **kw)(h), layer_cache
+    mlp = layers.GatedMLP(cfg.intermediate_size, name="mlp", kernels=self.kernels, init_std=cfg.initializer_range, **kw)
+    return x + mlp(h), layer_cache
 
 
 def attention_mask_4d(key_mask: jax.Array, q_len: int, index) -> jax.Array:
@@ -117,7 +119,7 @@ class TextModel(nn.Module):
     dtype, pdtype = dtype_of(top.dtype), dtype_of(top.param_dtype)
     self.embed_tokens = nn.Embed(
         cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=pdtype,
-        embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")))
+        embedding_init=nn.with_logical_partitioning(nn.initializers.normal(cfg.initializer_range), ("vocab", "embed")))
     block = layers.maybe_remat(DecoderLayer, top.remat)
     if top.scan_layers:
       self.layers = nn.scan(
