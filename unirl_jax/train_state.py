@@ -31,8 +31,10 @@ def build_model(model_cfg, seed: int):
       # A random DC-AE decodes everything to white noise; fit it to the synthetic shapes (unirl_jax.vae_fit).
       from unirl_jax import vae_fit
       image_size = 8 * model.config.vae.spatial_compression_ratio
-      params["vae"] = vae_fit.fit(model.vae, params["vae"], model_cfg.vae_fit_steps, image_size, seed=seed,
-                                  data=model_cfg.vae_fit_data)[0]
+      params["vae"], _, scale = vae_fit.fit(model.vae, params["vae"], model_cfg.vae_fit_steps, image_size,
+                                            seed=seed, data=model_cfg.vae_fit_data, log_every=500)
+      cfg = model.config
+      model = unified.UnifiedModel(cfg.replace(vae=cfg.vae.replace(scaling_factor=scale)))
     return model, params, None
   if model_cfg.vae_fit_steps:
     raise ValueError("model.vae_fit_steps only applies to a random preset init, not to a checkpoint")

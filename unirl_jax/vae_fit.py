@@ -3,9 +3,13 @@
 A random DC-AE decodes every latent to near-white noise of fixed amplitude (its norms remove the latent's
 scale): the maximum-JPEG-entropy corner, where the JPEG-incompressibility sanity run cannot move. A few hundred
 autoencoder steps on flat coloured shapes give a decoder whose outputs start mid-range in both directions.
+The GenEval scenes take another recipe (`RECIPES`): sharp decodes from unit-scale latents.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -38,24 +42,46 @@ def scene_images(n: int, size: int, seed: int = 0) -> np.ndarray:
   return np.stack([np.asarray(shapes.render(r, size, rs), np.float32) / 127.5 - 1.0 for r in recs])
 
 
-DATA = {"shapes": shape_images, "geneval_scenes": scene_images}
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+  """How a DC-AE is fitted to one synthetic set."""
+
+  images: Callable[[int, int, int], np.ndarray]  # (n, size, seed) -> (n, size, size, 3) in [-1, 1]
+  n_images: int  # the fitted set
+  latent_noise: float  # σ of the noise added to the latents before decoding
+  relative_noise: bool  # σ·std(z) (the latents' scale left free) instead of σ
+  latent_penalty: float  # λ·mean(z²)
+  unit_latents: bool  # return the scaling factor that gives the fitted latents unit std
+
+
+RECIPES = {
+    # The JPEG runs': absolute noise over small latents, so decodes stay mid-entropy and the JPEG rewards move
+    # both ways (tests/test_jpeg_sanity.py).
+    "shapes": Recipe(shape_images, 128, 0.5, False, 1e-3, False),
+    # The GenEval scenario's: sharp decodes (the detector needs clean shapes; absolute noise or a penalty on |z|
+    # shrinks the signal under the noise and blurs them), latents at the N(0, 1) scale the DiT samples at.
+    "geneval_scenes": Recipe(scene_images, 1024, 0.2, True, 0.0, True),
+}
+DATA = {k: r.images for k, r in RECIPES.items()}
 
 
 def fit(vae: dc_ae_lib.DCAE, params, steps: int, image_size: int, batch: int = 16, lr: float = 3e-3,
-        latent_noise: float = 0.5, seed: int = 0, data: str = "shapes"):
-  """Autoencoder fit of all DC-AE params: MSE(decode(z + σε), x) + 1e-3·|z|², z the scaled latents.
-
-  The latent noise and penalty keep z near the N(0, 1) scale the DiT samples from, so unseen latents decode
-  to smooth blobs too. Deterministic given `seed`. Returns (params, final reconstruction MSE).
+        seed: int = 0, data: str = "shapes", log_every: int = 0):
+  """Autoencoder fit of all DC-AE params with `RECIPES[data]`: MSE(decode(z + noise), x) + λ·mean(z²), z the
+  scaled latents. Deterministic given `seed`. Returns (params, final reconstruction MSE, scaling factor):
+  the factor to set as the config's `scaling_factor` (one giving unit-std latents for a `unit_latents`
+  recipe, else the config's own).
   """
-  data = jnp.asarray(DATA[data](max(batch * 8, 128), image_size, seed))
+  r = RECIPES[data]
+  data = jnp.asarray(r.images(max(batch, r.n_images), image_size, seed))
   tx = optax.adam(lr)
 
   def loss_fn(p, x, key):
     z = dc_ae_lib.encode_scaled(vae, p, x)
-    rec = dc_ae_lib.decode_scaled(vae, p, z + latent_noise * jax.random.normal(key, z.shape, z.dtype))
+    sigma = r.latent_noise * (jax.lax.stop_gradient(z.std()) if r.relative_noise else 1.0)
+    rec = dc_ae_lib.decode_scaled(vae, p, z + sigma * jax.random.normal(key, z.shape, z.dtype))
     mse = jnp.mean((rec - x) ** 2)
-    return mse + 1e-3 * jnp.mean(z ** 2), mse
+    return mse + r.latent_penalty * jnp.mean(z ** 2), mse
 
   @jax.jit
   def step(p, opt, i):
@@ -69,4 +95,11 @@ def fit(vae: dc_ae_lib.DCAE, params, steps: int, image_size: int, batch: int = 1
   mse = jnp.nan
   for i in range(steps):
     params, opt, mse = step(params, opt, i)
-  return params, float(mse)
+    if log_every and (i + 1) % log_every == 0:
+      print(f"vae fit {i + 1:5d}/{steps}  reconstruction mse {float(mse):.4f}", flush=True)
+  scale = vae.config.scaling_factor
+  if r.unit_latents:
+    encode = jax.jit(lambda p, x: dc_ae_lib.encode_scaled(vae, p, x))
+    z = jnp.concatenate([encode(params, data[i:i + 64]) for i in range(0, data.shape[0], 64)])
+    scale /= float(z.std())
+  return params, float(mse), scale
