@@ -16,7 +16,7 @@ $(VENV)/.installed-test: requirements-test.txt $(VENV)/.installed
 
 .PHONY: demo test
 demo: $(VENV)/.installed
-	$(PY) -m unirl_jax.chat
+	$(PY) -m unirl_jax.demo
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -q -n 2 --dist loadfile --durations=25 tests

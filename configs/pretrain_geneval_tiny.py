@@ -10,9 +10,13 @@ from configs import pretrain_tiny
 def get_config():
   c = pretrain_tiny.get_config()
   c.workdir = "workdir/pretrain_geneval_tiny"
+  c.model.init = "preset:shapes"  # tiny's LM and DC-AE, a 4-layer width-64 DiT
   c.model.vae_fit_steps = 1500  # a random DC-AE decodes noise: fit it to the scenes first (unirl_jax.vae_fit)
   c.model.vae_fit_data = "geneval_scenes"
   c.data.synthetic = "geneval_scenes"  # prompts of all six GenEval tags, each rendered once
   c.data.synthetic_n = 2048
+  c.train.total_steps = 3000
+  c.train.log_every = 250
+  c.train.checkpoint_every = 1000
   c.train.trainable = ("dit", "connector", "t2i_queries")
   return c
