@@ -60,6 +60,11 @@ def test_a_second_demo_reuses_the_cold_start(run, capsys, monkeypatch):
   assert calls == [] and "reusing" in capsys.readouterr().out
 
 
+def test_a_misspelled_grpo_override_is_a_one_line_error(run, capsys):
+  assert demo.main(["--workdir", run, "--eval-prompts", "6", "--grpo", "dm.stepz=3"]) == 2
+  assert "did you mean 'dm.steps'" in capsys.readouterr().err
+
+
 def test_two_steps_with_the_geneval_reward_served_on_loopback_equal_local(run, tmp_path):
   from unirl_jax.rewards.serve import make_server
   server = make_server(rewards.get("geneval_shapes"))

@@ -34,10 +34,14 @@ def parse_args(argv=None):
   return p.parse_args(argv)
 
 
+def _parse(config: str, overrides: list[str]):
+  from unirl_jax import train
+  return train.parse(["demo", f"--config={os.path.join(CONFIGS, config)}", *overrides])[0]
+
+
 def _train(config: str, workdir: str, overrides: list[str]) -> None:
   from unirl_jax import train
-  run, _ = train.parse(["demo", f"--config={os.path.join(CONFIGS, config)}", *overrides])
-  train.run(run, workdir)
+  train.run(_parse(config, overrides), workdir)
 
 
 def _eval(ckpt: str, prompts: str, out: str, seeds: int, steps: int) -> dict:
@@ -75,10 +79,24 @@ def summary_table(before: dict, after: dict) -> str:
 
 
 def main(argv=None) -> int:
-  a = parse_args(argv)
+  from unirl_jax import run_config
+  try:
+    return _main(parse_args(argv))
+  except run_config.ConfigError as e:  # e.g. --grpo dm.stepz=3: one line naming the key, as train's CLI
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+
+
+def _main(a) -> int:
   t0 = time.perf_counter()
   cold, grpo = os.path.join(a.workdir, "cold_start"), os.path.join(a.workdir, "grpo")
   data = os.path.join(cold, "synthetic_data")
+  overrides = [f"--config.model.init={os.path.join(cold, 'final')}",
+               f"--config.prompt_file={os.path.join(data, 'train_prompts.jsonl')}"]
+  if a.grpo_steps:
+    overrides.append(f"--config.train.total_steps={a.grpo_steps}")
+  overrides += [f"--config.{kv}" for kv in a.grpo]
+  _parse("t2i_geneval_tiny.py", overrides)  # a bad override fails now, not after the cold start
   if os.path.exists(os.path.join(cold, "final", "unified.json")):
     print(f"[1/4] cold start: reusing {cold}/final")
   else:
@@ -92,11 +110,6 @@ def main(argv=None) -> int:
   print(f"[2/4] GenEval before RL ({a.eval_prompts} held-out prompts x {a.seeds} seeds)")
   before = _eval(os.path.join(cold, "final"), held_out, os.path.join(a.workdir, "eval_before"), a.seeds, a.eval_steps)
   print("[3/4] GRPO with the GenEval reward (configs/t2i_geneval_tiny.py)")
-  overrides = [f"--config.model.init={os.path.join(cold, 'final')}",
-               f"--config.prompt_file={os.path.join(data, 'train_prompts.jsonl')}"]
-  if a.grpo_steps:
-    overrides.append(f"--config.train.total_steps={a.grpo_steps}")
-  overrides += [f"--config.{kv}" for kv in a.grpo]
   _train("t2i_geneval_tiny.py", grpo, overrides)
   print("[4/4] GenEval after RL")
   after = _eval(os.path.join(grpo, "final"), held_out, os.path.join(a.workdir, "eval_after"), a.seeds, a.eval_steps)
