@@ -41,12 +41,33 @@ def text_batch(cfg: clip.CLIPConfig):
   return ids, mask
 
 
+CAPTIONS = ("a red circle", "a blue square on grey", "two green triangles", "a circle")
+
+
+def save_tokenizer_and_processor(path: str, cfg: clip.CLIPConfig):
+  """A word-level tokenizer over CAPTIONS' words (CLIP's bos/eos/pad ids) and a 30 px CLIP image processor."""
+  from tokenizers import Tokenizer, models, pre_tokenizers, processors
+  from transformers import CLIPImageProcessorPil, PreTrainedTokenizerFast
+  t = cfg.text
+  words = sorted({w for c in CAPTIONS for w in c.split()})
+  vocab = {"<pad>": t.pad_token_id, "<unk>": 1, "<bos>": t.bos_token_id, "<eos>": t.eos_token_id,
+           **{w: 3 + i for i, w in enumerate(words)}}
+  tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+  tk.pre_tokenizer = pre_tokenizers.Whitespace()
+  tk.post_processor = processors.TemplateProcessing(
+      single="<bos> $A <eos>", special_tokens=[("<bos>", t.bos_token_id), ("<eos>", t.eos_token_id)])
+  PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                          unk_token="<unk>").save_pretrained(path)
+  CLIPImageProcessorPil(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30}).save_pretrained(path)
+
+
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
   cfg = clip.tiny()
   m = hf_model(cfg)
   root = tmp_path_factory.mktemp("clip")
   m.save_pretrained(root / "hf")
+  save_tokenizer_and_processor(str(root / "hf"), cfg)
   import_kind("clip", str(root / "hf"), str(root / "jax"))
   model, params = clip.load(str(root / "jax"))
   return m, model, params, root
@@ -175,3 +196,68 @@ def test_preprocessor_with_a_clip_tokenizer_and_image_processor(tmp_path):
   ref = CLIPImageProcessorPil.from_pretrained(str(tmp_path / "hf"))
   want_px = ref(images=[Image.fromarray(x) for x in images], return_tensors="np")["pixel_values"]
   np.testing.assert_array_equal(pixels, want_px)
+
+
+def _edit_inputs():
+  from unirl_jax import rewards
+  rng = np.random.default_rng(3)
+  images, src, recon = (rng.integers(0, 256, (3, 40, 36, 3), dtype=np.uint8) for _ in range(3))
+  meta = [{"caption": CAPTIONS[i], "target_caption": CAPTIONS[i + 1]} for i in range(3)]
+  return rewards.RewardInputs(images, list(CAPTIONS[:3]), metadata=meta, sources=src, reconstructions=recon)
+
+
+def test_registered_clip_rewards_equal_transformers_from_images_and_captions(converted):
+  """`clip_rewards` / `serve --clip`: uint8 images and captions through transformers' processor and tokenizer
+  (read from the converted dir), each reward against the same formula computed with transformers."""
+  from transformers import AutoTokenizer, CLIPImageProcessorPil
+  m, model, _, root = converted
+  inputs = _edit_inputs()
+  fns = clip_rewards.from_config([(k, str(root / "jax")) for k in clip_rewards.KINDS])
+  proc = CLIPImageProcessorPil.from_pretrained(str(root / "hf"))
+  tok = AutoTokenizer.from_pretrained(str(root / "hf"))
+  pix = lambda x: torch.from_numpy(np.asarray(proc(images=list(x), return_tensors="np")["pixel_values"]))
+  feats = lambda f: getattr(f, "pooler_output", f)
+  n = model.config.text.max_position_embeddings
+
+  def txt(captions):
+    enc = tok(list(captions), padding="max_length", max_length=n, return_tensors="pt")
+    return torch.nn.functional.normalize(feats(m.get_text_features(**enc)), dim=-1)
+
+  with torch.no_grad():
+    img = lambda x: torch.nn.functional.normalize(feats(m.get_image_features(pixel_values=pix(x))), dim=-1)
+    score = (img(inputs.images) * txt(inputs.prompts)).sum(-1)
+    want = {"clip_score": score.numpy(), "pickscore": (m.logit_scale.exp() * score / 26).numpy(),
+            "clip_direction": _cos(img(inputs.images) - img(inputs.sources),
+                                   txt([r["target_caption"] for r in inputs.metadata])
+                                   - txt([r["caption"] for r in inputs.metadata])).numpy(),
+            "clip_image_similarity": _cos(img(inputs.reconstructions), img(inputs.sources)).numpy()}
+  for kind, fn in fns.items():
+    np.testing.assert_allclose(fn(inputs), want[kind], err_msg=kind, **TOL)
+  chunked = clip_rewards.reward("clip_direction", str(root / "jax"), chunk=2)  # 2 + a padded 1
+  np.testing.assert_allclose(chunked(inputs), want["clip_direction"], **TOL)
+
+
+def test_clip_rewards_name_what_is_missing(converted, tmp_path, capsys):
+  import dataclasses
+  from unirl_jax import run_config
+  from unirl_jax.rewards import serve
+  root = str(converted[3] / "jax")
+  inputs = _edit_inputs()
+  fns = clip_rewards.from_config([("clip_direction", root), ("clip_image_similarity", root)])
+  bad = dataclasses.replace(inputs, metadata=[*inputs.metadata[:2], {"caption": "a circle"}])
+  with pytest.raises(ValueError, match="'clip_direction' needs .*row 2 has no 'target_caption'"):
+    fns["clip_direction"](bad)
+  with pytest.raises(ValueError, match="'clip_image_similarity' needs `reconstructions`"):
+    fns["clip_image_similarity"](dataclasses.replace(inputs, reconstructions=None))
+  with pytest.raises(FileNotFoundError, match="clip_rewards.clip_score: .* has no config.json"):
+    clip_rewards.from_config([("clip_score", str(tmp_path))])
+  with pytest.raises(run_config.ConfigError, match="clip_rewards.clip_dir: not a CLIP reward"):
+    run_config.GRPORun(clip_rewards={"clip_dir": root})
+  with pytest.raises(run_config.ConfigError, match="'clip_score' is in both"):
+    run_config.GRPORun(clip_rewards={"clip_score": root}, remote_rewards={"clip_score": "http://h:1/"})
+  run = run_config.GRPORun(clip_rewards={"clip_score": root}, reward="clip_score:2,jpeg_compressibility")
+  assert run.clip_rewards == (("clip_score", root),)
+  assert serve.main(["--reward", "jpeg_compressibility", "--clip", root]) == 2
+  assert "give --reward one of ['clip_direction'" in capsys.readouterr().err
+  assert serve.main(["--reward", "clip_score", "--clip", str(tmp_path)]) == 2
+  assert "has no config.json" in capsys.readouterr().err

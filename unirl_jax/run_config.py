@@ -143,6 +143,10 @@ class GRPORun:
   # Rewards served elsewhere (unirl_jax.rewards.remote's JSON protocol), usable in `reward` by name:
   # {"pickscore": "http://host:8000/"} or {"pickscore": {"url": ..., "timeout_s": 120, "retries": 3}}.
   remote_rewards: Any = ()
+  # CLIP rewards computed here from `python -m convert clip` dirs, usable in `reward` by name (one of
+  # rewards.clip.KINDS): {"clip_direction": "ckpts/clip-vit-l-14", "clip_image_similarity": "ckpts/clip-vit-l-14"}.
+  # Loaded when the trainer starts.
+  clip_rewards: Any = ()
   advantage: AdvantageConfig = AdvantageConfig()
   dm: DMConfig = DMConfig()
   lm: LMConfig = LMConfig()
@@ -157,6 +161,10 @@ class GRPORun:
     except ValueError as e:
       raise ConfigError(str(e)) from None
     object.__setattr__(self, "remote_rewards", _remote_rewards(self.remote_rewards))
+    object.__setattr__(self, "clip_rewards", _clip_rewards(self.clip_rewards))
+    both = {n for n, _ in self.remote_rewards} & {n for n, _ in self.clip_rewards}
+    if both:
+      raise ConfigError(f"reward {sorted(both)[0]!r} is in both remote_rewards and clip_rewards: keep one")
     if self.text_pad not in ("max_len", "longest"):
       raise ConfigError(f"text_pad {self.text_pad!r} not 'max_len' or 'longest'")
     for name in ("prompts_per_step", "group_size", "max_text_len", "image_size", "text_pad_multiple"):
@@ -244,6 +252,23 @@ def _remote_rewards(value) -> tuple:
                         f"timeout_s, retries, backoff_s (got {v!r})")
     out.append((str(name), RemoteReward(**kw)))
   return tuple(out)
+
+
+def _clip_rewards(value) -> tuple:
+  """{kind: checkpoint dir} -> ((kind, dir), ...), kinds checked against rewards.clip.KINDS (nothing loaded)."""
+  from unirl_jax.rewards.clip import KINDS
+  if isinstance(value, tuple) and all(isinstance(v, tuple) and len(v) == 2 for v in value):
+    items = value
+  elif hasattr(value, "items"):
+    items = tuple(value.items())
+  else:
+    raise ConfigError(f"clip_rewards must be a dict reward -> `python -m convert clip` dir, got {value!r}")
+  for kind, path in items:
+    if kind not in KINDS:
+      raise ConfigError(f"clip_rewards.{kind}: not a CLIP reward; one of {sorted(KINDS)}")
+    if not isinstance(path, str) or not path:
+      raise ConfigError(f"clip_rewards.{kind}: give a `python -m convert clip` checkpoint dir, got {path!r}")
+  return tuple((str(k), str(p)) for k, p in items)
 
 
 def load(config) -> Union[GRPORun, PretrainRun]:

@@ -1,7 +1,10 @@
 """CLIP rewards on the device, batched and jitted (docs/algorithms.md; the original's editing rewards):
-text-image score (PickScore's scaling optional), directional similarity, image similarity."""
+text-image score (PickScore's scaling optional), directional similarity, image similarity. `reward(kind, ckpt)`
+makes one a reward fn over `RewardInputs` (a run's `clip_rewards`, or `rewards.serve --clip`)."""
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -76,3 +79,73 @@ class Preprocessor:
     enc = self.tok(list(captions), padding="max_length", truncation=True, max_length=self.max_length,
                    return_tensors="np")
     return enc["input_ids"].astype(np.int32), enc["attention_mask"].astype(np.int32)
+
+
+# The CLIP rewards a run or a server can name, with what each reads from `RewardInputs`.
+KINDS = {
+    "clip_score": "cos(Î, T̂) of each image and its prompt",
+    "pickscore": "PickScore's exp(logit_scale)·cos(Î, T̂) / 26 of each image and its prompt",
+    "clip_direction": "cos(Î_edit − Î_src, T̂_tgt − T̂_src): images vs sources, metadata caption -> target_caption",
+    "clip_image_similarity": "cos(Î_recon, Î_src): reconstructions vs sources (the cycle reward)",
+}
+EDIT_CAPTIONS = ("caption", "target_caption")  # the original's edit columns: source and edited-image captions
+
+
+def from_config(items) -> dict:
+  """A run's `clip_rewards` ((kind, dir), ...) -> {kind: reward fn}, each dir loaded once."""
+  import os
+  out = {}
+  for kind, path in items:
+    if not os.path.isfile(os.path.join(path, "config.json")):
+      raise FileNotFoundError(f"clip_rewards.{kind}: {path!r} has no config.json (write the dir with "
+                              "`python -m convert clip --src HF_DIR --dst OUT_DIR`)")
+    out[kind] = reward(kind, path)
+  return out
+
+
+@functools.lru_cache(maxsize=None)
+def _load(ckpt: str) -> tuple[Scorer, Preprocessor]:
+  """One model per checkpoint dir, shared by every reward that names it."""
+  model, params = clip.load(ckpt)
+  return Scorer(model, params), Preprocessor(ckpt, model.config.text.max_position_embeddings)
+
+
+def reward(kind: str, ckpt: str, chunk: int = 64):
+  """The CLIP reward `kind` (one of `KINDS`) from a `python -m convert clip` dir: fn(RewardInputs) -> (N,) float32,
+  computed `chunk` rows at a time (the last chunk padded, so one compiled shape per reward)."""
+  if kind not in KINDS:
+    raise ValueError(f"CLIP reward {kind!r} not one of {sorted(KINDS)}")
+  scorer, prep = _load(ckpt)
+
+  def batched(fn, *arrays):
+    n = len(arrays[0])
+    out = []
+    for start in range(0, n, chunk):
+      part = [a[start:start + chunk] for a in arrays]
+      pad = chunk - len(part[0]) if n > chunk else 0
+      part = [np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) if pad else a for a in part]
+      out.append(np.asarray(fn(*part), np.float32)[:len(part[0]) - pad])
+    return np.concatenate(out)
+
+  def captions(inputs) -> tuple[list, list]:
+    meta = inputs.need("metadata", kind)
+    for i, m in enumerate(meta):
+      missing = [k for k in EDIT_CAPTIONS if not isinstance((m or {}).get(k), str)]
+      if missing:
+        raise ValueError(f"reward {kind!r} needs each row's metadata {EDIT_CAPTIONS} (the edit record's source "
+                         f"and target captions); row {i} has no {missing[0]!r}")
+    return [m["caption"] for m in meta], [m["target_caption"] for m in meta]
+
+  def fn(inputs) -> np.ndarray:
+    if kind in ("clip_score", "pickscore"):
+      ids, mask = prep.text(inputs.need("prompts", kind))
+      return batched(lambda x, i, m: scorer.text_image(x, i, m, pickscore=kind == "pickscore"),
+                     prep.pixels(inputs.images), ids, mask)
+    src = prep.pixels(inputs.need("sources", kind))
+    if kind == "clip_image_similarity":
+      return batched(scorer.image_similarity, prep.pixels(inputs.need("reconstructions", kind)), src)
+    (s_ids, s_mask), (t_ids, t_mask) = (prep.text(c) for c in captions(inputs))
+    return batched(scorer.direction, src, prep.pixels(inputs.images), s_ids, s_mask, t_ids, t_mask)
+
+  fn.__name__ = kind
+  return fn

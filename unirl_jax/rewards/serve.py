@@ -3,7 +3,9 @@ reward over the JSON protocol of `unirl_jax.rewards.remote` (the standard librar
 
 `--reward geneval[_correct] --detector MODULE:FUNCTION` serves GenEval scoring (`rewards.geneval`) from any
 detector: FUNCTION maps an (H, W, 3) uint8 image to {class: [rewards.geneval.Detection]} (e.g. a Mask2Former
-wrapper on the scoring machine); the training side names the URL in `remote_rewards`."""
+wrapper on the scoring machine); the training side names the URL in `remote_rewards`.
+`--reward clip_score|pickscore|clip_direction|clip_image_similarity --clip DIR` serves a CLIP reward
+(`rewards.clip.KINDS`) from a `python -m convert clip` dir."""
 
 from __future__ import annotations
 
@@ -76,15 +78,24 @@ def detector_reward(reward: str, spec: str) -> Callable:
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m unirl_jax.rewards.serve", description=__doc__.splitlines()[0])
-  p.add_argument("--reward", required=True, help="a registered reward name (unirl_jax.rewards), or geneval / "
-                 "geneval_correct with --detector")
+  p.add_argument("--reward", required=True, help="a registered reward name (unirl_jax.rewards), geneval / "
+                 "geneval_correct with --detector, or a CLIP reward with --clip")
   p.add_argument("--detector", help="MODULE:FUNCTION, an image -> {class: [Detection]} detector for GenEval")
+  p.add_argument("--clip", metavar="DIR", help="a `python -m convert clip` dir, for the CLIP rewards")
   p.add_argument("--host", default="127.0.0.1")
   p.add_argument("--port", type=int, default=8000)
   a = p.parse_args(argv)
   try:
-    fn = detector_reward(a.reward, a.detector) if a.detector else rewards.get(a.reward)
-  except (KeyError, ValueError) as e:
+    if a.detector and a.clip:
+      raise ValueError("give --detector (GenEval) or --clip (CLIP rewards), not both")
+    if a.clip:
+      from unirl_jax.rewards import clip
+      fn = clip.from_config([(a.reward, a.clip)])[a.reward] if a.reward in clip.KINDS else None
+      if fn is None:
+        raise ValueError(f"--clip serves a CLIP reward: give --reward one of {sorted(clip.KINDS)}, not {a.reward!r}")
+    else:
+      fn = detector_reward(a.reward, a.detector) if a.detector else rewards.get(a.reward)
+  except (KeyError, ValueError, FileNotFoundError) as e:
     print(f"error: {e.args[0]}", file=sys.stderr)
     return 2
   server = make_server(fn, a.host, a.port)

@@ -49,7 +49,8 @@ class GRPOTrainer(Trainer):
     if c.image_size % f:
       raise ValueError(f"image_size {c.image_size} is not a multiple of the VAE compression {f}")
     self.latent_hw = (c.image_size // f, c.image_size // f)
-    self.reward_fns = dict(c.remote_rewards)
+    from unirl_jax.rewards import clip as clip_rewards
+    self.reward_fns = {**dict(c.remote_rewards), **clip_rewards.from_config(c.clip_rewards)}
     rewards.check(c.reward, self.reward_fns)  # fail now on an unknown reward, not after the first rollout
     os.makedirs(os.path.join(self.workdir, "samples"), exist_ok=True)
     # The reference policy: the initial trainable params; everything frozen is shared, not copied.
