@@ -69,12 +69,13 @@ def before_after_grid(before: str, after: str, out: str, rows: int = 12) -> None
 
 
 def summary_table(before: dict, after: dict) -> str:
-  lines = ["| tag | partial credit before -> after | GenEval accuracy before -> after |", "|---|---|---|"]
-  for tag in sorted(before["tags"]):
-    b, a = before["tags"][tag], after["tags"][tag]
-    lines.append(f"| {tag} | {b['score']:.3f} -> {a['score']:.3f} | {b['accuracy']:.3f} -> {a['accuracy']:.3f} |")
-  b, a = before["overall"], after["overall"]
-  lines.append(f"| **overall** | {b['score']:.3f} -> {a['score']:.3f} | {b['accuracy']:.3f} -> {a['accuracy']:.3f} |")
+  """Per tag and overall: partial credit (the training reward), strict accuracy (exact counts), GenEval's."""
+  keys = ("score", "strict_accuracy", "accuracy")
+  lines = ["| tag | partial credit before -> after | strict before -> after | GenEval accuracy before -> after |",
+           "|---|---|---|---|"]
+  rows = [(tag, before["tags"][tag], after["tags"][tag]) for tag in sorted(before["tags"])]
+  for tag, b, a in rows + [("**overall**", before["overall"], after["overall"])]:
+    lines.append(f"| {tag} | " + " | ".join(f"{b[k]:.3f} -> {a[k]:.3f}" for k in keys) + " |")
   return "\n".join(lines)
 
 
