@@ -1,0 +1,76 @@
+"""The editing scenario's RL records (UniRL's edit parquet, `../shared/reference/unirl.md` §1.3): a source image,
+the instruction (`prompt`), the instruction that undoes it (`reverse_prompt`), the source image's caption
+(`caption`) and the edited image's (`target_caption`), from parquet or JSONL, with errors naming file and row.
+
+Images are paths (relative to the file), encoded bytes, or {"bytes", "path"} (the HF datasets layout); each
+record is a `prompts.PromptRecord` whose text is the instruction and whose metadata holds the rest (what the
+CLIP direction reward reads), plus "image" (the reference) and "origin" ("file:line" or "file: row N").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from unirl_jax.data.prompts import PromptRecord
+from unirl_jax.data.records import DataError, ImageRef, open_image
+
+TEXT_FIELDS = ("prompt", "reverse_prompt", "caption", "target_caption")
+
+
+def _image(v, origin: str, base: str) -> ImageRef:
+  if isinstance(v, dict):
+    v = v.get("bytes") or v.get("path")
+  if isinstance(v, (bytes, bytearray)):
+    return bytes(v)
+  if not isinstance(v, str) or not v:
+    raise DataError(f"{origin}: field 'image' is neither a path nor image bytes ({type(v).__name__})")
+  path = v if os.path.isabs(v) else os.path.join(base, v)
+  if not os.path.exists(path):
+    raise DataError(f"{origin}: image file not found: {path}")
+  return path
+
+
+def make_record(d: dict, origin: str, base: str) -> PromptRecord:
+  if not isinstance(d, dict):
+    raise DataError(f"{origin}: expected an object with fields image, {', '.join(TEXT_FIELDS)}")
+  for k in ("image",) + TEXT_FIELDS:
+    if d.get(k) is None:
+      raise DataError(f"{origin}: missing field {k!r} (an edit record needs image, {', '.join(TEXT_FIELDS)})")
+  for k in TEXT_FIELDS:
+    if not isinstance(d[k], str) or not d[k].strip():
+      raise DataError(f"{origin}: field {k!r} must be non-empty text, got {d[k]!r}")
+  meta = {k: v for k, v in d.items() if k not in ("prompt", "image")}
+  meta.update({k: d[k].strip() for k in TEXT_FIELDS[1:]}, image=_image(d["image"], origin, base), origin=origin)
+  return PromptRecord(d["prompt"].strip(), meta)
+
+
+def read_edit_file(path: str, check_images: bool = True) -> list[PromptRecord]:
+  """Edit records of a .jsonl or .parquet file; with `check_images` every image is decoded once up front, so a
+  bad one fails here naming its record rather than mid-run."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"edit file {path!r} does not exist")
+  base = os.path.dirname(os.path.abspath(path))
+  out = []
+  if path.endswith(".parquet"):
+    import pyarrow.parquet as pq
+    for i, d in enumerate(pq.read_table(path).to_pylist()):
+      out.append(make_record(d, f"{path}: row {i}", base))
+  elif path.endswith(".jsonl"):
+    with open(path, encoding="utf-8") as f:
+      for n, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        try:
+          d = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise DataError(f"{path}:{n}: not JSON ({e.msg})") from None
+        out.append(make_record(d, f"{path}:{n}", base))
+  else:
+    raise DataError(f"edit file {path!r}: expected .jsonl or .parquet")
+  if not out:
+    raise DataError(f"edit file {path!r} holds no records")
+  if check_images:
+    for r in out:
+      open_image(r.metadata["image"], r.metadata["origin"])
+  return out
