@@ -166,9 +166,11 @@ def test_kl_terms_and_their_gradients_reach_the_policy_only():
   np.testing.assert_array_equal(np.asarray(completion_mask(toks, (2,))), [[1, 1, 0, 0], [1, 1, 1, 1]])
 
 
-def test_guided_velocity_over_a_shared_caption_context():
-  """CFG over the once-per-rollout caption K/V = v_u + s·(v_c − v_u) from two plain velocity calls (null
-  condition = cond·0, zero reference latents), forward and gradient."""
+@pytest.mark.parametrize("three_way", [False, True], ids=["two-way", "three-way"])
+def test_guided_velocity_over_a_shared_caption_context(three_way):
+  """CFG over the once-per-rollout caption K/V equals plain velocity calls combined by hand, forward and gradient:
+  two-way v_u + s·(v_c − v_u) (null condition = cond·0, zero reference latents), and the editing three-way
+  v_∅ + r·(v_ref − v_∅) + s·(v_full − v_ref) over [∅ + zero ref, ∅ + ref, c + ref]."""
   from unirl_jax.diffusion.sampler import Guidance
   from unirl_jax.models import unified
   model = unified.UnifiedModel(unified.tiny())
@@ -176,21 +178,35 @@ def test_guided_velocity_over_a_shared_caption_context():
   cfg = model.config
   cond = jax.random.normal(jax.random.PRNGKey(1), (2, cfg.num_queries, cfg.connector.out_dim))
   x = jax.random.normal(jax.random.PRNGKey(2), (2, 4, 4, cfg.dit.in_channels))
+  ref = jax.random.normal(jax.random.PRNGKey(3), x.shape) if three_way else None
   t = jnp.array([900.0, 300.0])
-  g = Guidance(3.5)
+  g = Guidance(3.0, 1.2) if three_way else Guidance(3.5)
+  lin = params["dit"]["ref_linear"]  # zero at init (as the original's): draw it, so the reference matters
+  params["dit"]["ref_linear"] = {"kernel": jax.random.normal(jax.random.PRNGKey(4), lin["kernel"].shape) * 0.3,
+                                 "bias": lin["bias"]}
 
-  def shared(dit, cond):
-    return model.guided_velocity(dit, model.guidance_context(dit, cond, g), g)(x, t)
+  def shared(dit, cond, ref):
+    return model.guided_velocity(dit, model.guidance_context(dit, cond, g), g, ref_latents=ref)(x, t)
 
-  def direct(dit, cond):
-    v = lambda c: model.velocity({"dit": dit}, x, c, t, ref_latents=jnp.zeros_like(x))
-    v_u, v_c = v(model.null_condition(cond)), v(cond)
-    return v_u + 3.5 * (v_c - v_u)
-  np.testing.assert_allclose(jax.jit(shared)(params["dit"], cond), jax.jit(direct)(params["dit"], cond), rtol=1e-5,
-                             atol=1e-5)
-  loss = lambda f: (lambda d, c: jnp.sum(jnp.sin(f(d, c))))
-  grad = lambda f: jax.jit(jax.grad(loss(f), argnums=(0, 1)))(params["dit"], cond)
-  for a, b in zip(jax.tree.leaves(grad(shared)), jax.tree.leaves(grad(direct))):
+  def direct(dit, cond, ref):
+    v = lambda c, r: model.velocity({"dit": dit}, x, c, t, ref_latents=jnp.zeros_like(x) if r is None else r)
+    null = model.null_condition(cond)
+    if not three_way:
+      v_u, v_c = v(null, None), v(cond, None)
+      return v_u + 3.5 * (v_c - v_u)
+    v_0, v_r, v_f = v(null, None), v(null, ref), v(cond, ref)
+    return v_0 + 1.2 * (v_r - v_0) + 3.0 * (v_f - v_r)
+  np.testing.assert_allclose(jax.jit(shared)(params["dit"], cond, ref), jax.jit(direct)(params["dit"], cond, ref),
+                             rtol=1e-5, atol=1e-5)
+  if three_way:  # the reference branch is live
+    v, v_zero_ref = (jax.jit(direct)(params["dit"], cond, r) for r in (ref, 0 * ref))
+    assert np.abs(v - v_zero_ref).max() > 1e-3
+  loss = lambda f: (lambda d, c, r: jnp.sum(jnp.sin(f(d, c, r))))
+  argnums = (0, 1, 2) if three_way else (0, 1)
+  grad = lambda f: jax.jit(jax.grad(loss(f), argnums=argnums))(params["dit"], cond, ref)
+  got, want = jax.tree.leaves(grad(shared)), jax.tree.leaves(grad(direct))
+  assert len(got) == len(want) and any(np.abs(np.asarray(w)).max() > 0 for w in want)
+  for a, b in zip(got, want):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 

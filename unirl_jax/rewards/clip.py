@@ -85,7 +85,7 @@ class Preprocessor:
 KINDS = {
     "clip_score": "cos(Î, T̂) of each image and its prompt",
     "pickscore": "PickScore's exp(logit_scale)·cos(Î, T̂) / 26 of each image and its prompt",
-    "clip_direction": "cos(Î_edit − Î_src, T̂_tgt − T̂_src): images vs sources, metadata caption -> target_caption",
+    "clip_direction": "cos(Î_edit − Î_src, T̂_tgt − T̂_src): images vs sources, metadata caption, target_caption",
     "clip_image_similarity": "cos(Î_recon, Î_src): reconstructions vs sources (the cycle reward)",
 }
 EDIT_CAPTIONS = ("caption", "target_caption")  # the original's edit columns: source and edited-image captions
