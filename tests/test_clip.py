@@ -46,19 +46,8 @@ CAPTIONS = ("a red circle", "a blue square on grey", "two green triangles", "a c
 
 def save_tokenizer_and_processor(path: str, cfg: clip.CLIPConfig):
   """A word-level tokenizer over CAPTIONS' words (CLIP's bos/eos/pad ids) and a 30 px CLIP image processor."""
-  from tokenizers import Tokenizer, models, pre_tokenizers, processors
-  from transformers import CLIPImageProcessorPil, PreTrainedTokenizerFast
-  t = cfg.text
-  words = sorted({w for c in CAPTIONS for w in c.split()})
-  vocab = {"<pad>": t.pad_token_id, "<unk>": 1, "<bos>": t.bos_token_id, "<eos>": t.eos_token_id,
-           **{w: 3 + i for i, w in enumerate(words)}}
-  tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-  tk.pre_tokenizer = pre_tokenizers.Whitespace()
-  tk.post_processor = processors.TemplateProcessing(
-      single="<bos> $A <eos>", special_tokens=[("<bos>", t.bos_token_id), ("<eos>", t.eos_token_id)])
-  PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
-                          unk_token="<unk>").save_pretrained(path)
-  CLIPImageProcessorPil(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30}).save_pretrained(path)
+  from unirl_jax import clip_fit
+  clip_fit.write_processors(path, cfg, clip_fit.word_tokenizer({w for c in CAPTIONS for w in c.split()}, cfg.text))
 
 
 @pytest.fixture(scope="module")
