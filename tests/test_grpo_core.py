@@ -1,5 +1,7 @@
 """Flow-GRPO's SDE step and log-prob, group advantages, and the (sum, denominator) GRPO losses."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -235,3 +237,45 @@ def test_dm_and_lm_loss_gradients_reach_the_policy_side_only():
   for part, (g_pol, g_ref), moved in zip(parts, grads, ("dit", "lm")):
     assert not any(np.asarray(x).any() for x in jax.tree.leaves(g_ref)), type(part).__name__
     assert max(float(jnp.abs(x).max()) for x in jax.tree.leaves(g_pol[moved])) > 0, type(part).__name__
+
+
+def test_edit_rows_ratios_are_one_with_the_rollout_guidance_and_not_with_the_original_mismatch():
+  """Edit rows (ViT patches in the condition, a noisy reference, three-way CFG): with the loss guided as the
+  rollout was, the recomputed policy is the sampling one (ρ ≡ 1, log-probs equal); with the original's loss_cfg
+  3.5 against a 3.0 rollout, the ratios (against the rollout's log-probs) move away from 1."""
+  from transformers import Qwen2VLImageProcessorPil
+
+  from conftest import image_prompt
+  from unirl_jax.models import unified
+  from unirl_jax.rl import dm
+  from unirl_jax.rl.batch import Condition, Experience
+  model = unified.UnifiedModel(unified.tiny())
+  params = model.init_params(jax.random.PRNGKey(0))
+  lin = params["dit"]["ref_linear"]
+  params["dit"]["ref_linear"] = {"kernel": 0.3 * jax.random.normal(jax.random.PRNGKey(5), lin["kernel"].shape),
+                                 "bias": lin["bias"]}
+  out = params["dit"]["transformer_blocks"]["attn2"]["to_out_0"]
+  out["kernel"] = 30 * out["kernel"]  # a random tiny DiT barely reads its caption: make the text guidance matter
+  rs = np.random.RandomState(0)
+  proc = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=56 * 56)
+  vit = proc(images=[rs.randint(0, 255, (56, 56, 3), dtype=np.uint8) for _ in range(2)], return_tensors="np")
+  grid = tuple(tuple(int(v) for v in g) for g in vit["image_grid_thw"])
+  n_tok = int(np.prod(grid[0])) // 4
+  ids = np.array([image_prompt(model.config.lm, n_tok)] * 2, np.int32)
+  cd = Condition(jnp.asarray(ids), jnp.ones(ids.shape, jnp.int32),
+                 pixel_values=jnp.asarray(vit["pixel_values"], jnp.float32).reshape(2, -1, vit["pixel_values"].shape[-1]))
+  ref = jax.random.normal(jax.random.PRNGKey(3), (2, 4, 4, model.config.dit.in_channels))
+  dc = dm.DMConfig(steps=2, cfg=3.0, ref_cfg=1.0)
+  sched = dc.schedule()
+  traj, _ = jax.jit(lambda p: dm.rollout(model, p, cd, jax.random.PRNGKey(2), dc, sched, (4, 4), ref=ref,
+                                         task="i2i", grid=grid))(params)
+  exp = Experience(jnp.array([1.0, -1.0]), sched, dm.DMRows(cd, traj, ref))
+  stats = {}
+  for name, loss_cfg in (("same", None), ("original", 3.5)):
+    part = dm.DMLoss(model, dataclasses.replace(dc, loss_cfg=loss_cfg), task="i2i", grid=grid)
+    _, stats[name] = jax.jit(lambda p: part.loss_sum(p, p, exp))(params)
+  same, orig = stats["same"], stats["original"]
+  assert float(same["ratio_min"]) == float(same["ratio_max"]) == 1.0
+  assert float(same["logp_mismatch"]) < 1e-6  # the recomputation reproduces the rollout's log-probs
+  assert float(orig["logp_mismatch"]) > 1e-5  # (mean log-probs over the latent: small, as in the original)
+  assert float(orig["ratio_max"]) - float(orig["ratio_min"]) > 1e-5

@@ -21,6 +21,7 @@ class Condition:
   ids: jax.Array  # (B, T) int32, left-padded
   mask: jax.Array  # (B, T) int32
   query_shift: Optional[jax.Array] = None  # (B,) int32: empty positions before the queries (right padding)
+  pixel_values: Optional[jax.Array] = None  # (B, patches, C·T·P·P): an edit source's ViT patches, per row
 
 
 @struct.dataclass
@@ -29,6 +30,7 @@ class DMRows:
 
   condition: Condition
   trajectory: Trajectory
+  ref: Optional[jax.Array] = None  # (B, h, w, c): an edit's noisy reference latents, shared by the row's steps
 
 
 @struct.dataclass

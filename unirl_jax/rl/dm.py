@@ -8,6 +8,7 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from unirl_jax.diffusion.sampler import Guidance
 from unirl_jax.diffusion.schedule import FlowMatchSchedule
@@ -22,6 +23,13 @@ class DMConfig:
   steps: int = 10  # denoising steps per rollout
   shift: float = 3.0  # flow-matching schedule shift
   cfg: float = 3.5  # text guidance scale, rollout and loss
+  # Editing: the reference guidance scale of the rollout's and loss's three-way CFG (the original's 1.0);
+  # None = two-way text CFG (text-to-image).
+  ref_cfg: Optional[float] = None
+  # The loss's text guidance when it differs from the rollout's; ratios are then taken against the rollout's
+  # log-probs (the original's editing: rollout 3.0, loss 3.5, so ρ ≠ 1 from the first update). None = `cfg`,
+  # the same policy in both, ρ ≡ 1.
+  loss_cfg: Optional[float] = None
   noise_level: float = 0.7  # the SDE's a in σ_sde = a·√(σ / (1 − σ))
   sde_steps: Optional[int] = None  # SDE (and trained) on the first K steps, ODE after; None = all
   log_prob_reduce: str = "mean"  # the original's per-element mean, or "sum"
@@ -47,20 +55,39 @@ class DMConfig:
 
   @property
   def guidance(self) -> Guidance:
-    return Guidance(self.cfg)
+    """The rollout's CFG."""
+    return Guidance(self.cfg, self.ref_cfg)
+
+  @property
+  def loss_guidance(self) -> Guidance:
+    return Guidance(self.cfg if self.loss_cfg is None else self.loss_cfg, self.ref_cfg)
+
+  @property
+  def mismatched(self) -> bool:
+    """The loss recomputes another policy than the rollout sampled (`loss_cfg`)."""
+    return self.loss_cfg is not None and self.loss_cfg != self.cfg
 
 
-def rollout(model: UnifiedModel, params, condition: Condition, rng, dc: DMConfig, schedule: Schedule,
-            latent_hw: tuple[int, int]) -> tuple[Trajectory, jax.Array]:
-  """SDE sampling (no gradients), one text-to-image trajectory per condition row: the trajectory and the
-  images in [-1, 1]. Rows are the prompts already repeated per sample (group-major), as the loss sees them."""
+def condition(model: UnifiedModel, params, cd: Condition, task: str = "t2i", grid=None):
+  """The DM caption input of `cd`'s rows; an edit's rows carry their source's ViT patches (`grid`: the
+  (rows, 3) image grid, static)."""
+  pv = None if cd.pixel_values is None else cd.pixel_values.reshape(-1, cd.pixel_values.shape[-1])
+  return model.condition(params, cd.ids, cd.mask, pv, None if grid is None else np.asarray(grid), task=task,
+                         query_shift=cd.query_shift)
+
+
+def rollout(model: UnifiedModel, params, cd: Condition, rng, dc: DMConfig, schedule: Schedule,
+            latent_hw: tuple[int, int], ref=None, task: str = "t2i", grid=None) -> tuple[Trajectory, jax.Array]:
+  """SDE sampling (no gradients), one trajectory per condition row: the trajectory and the images in [-1, 1].
+  Rows are the prompts already repeated per sample (group-major), as the loss sees them. An edit gives its
+  rows' noisy reference latents `ref` (three-way CFG when dc.ref_cfg is set), task "i2i" and the ViT `grid`."""
   params = jax.lax.stop_gradient(params)
-  cond = model.condition(params, condition.ids, condition.mask, task="t2i", query_shift=condition.query_shift)
+  cond = condition(model, params, cd, task, grid)
   k_x, k_sde = jax.random.split(rng)
   c = model.config.dit.in_channels
   x = jax.random.normal(k_x, (cond.shape[0],) + tuple(latent_hw) + (c,), jnp.float32).astype(cond.dtype)
   ctx = model.guidance_context(params["dit"], cond, dc.guidance)
-  vel = model.guided_velocity(params["dit"], ctx, dc.guidance)
+  vel = model.guided_velocity(params["dit"], ctx, dc.guidance, ref_latents=ref)
   traj = sde_sample(vel, x, schedule, k_sde, dc.noise_level, dc.log_prob_reduce)
   return traj, model.decode(params, traj.latents[:, -1])
 
@@ -77,6 +104,8 @@ class DMLoss:
   dc: DMConfig
   field: str = "dm"
   prefix: str = ""  # metric names of a second DM part (e.g. "cycle_")
+  task: str = "t2i"  # "i2i": the rows are edits (ViT patches in the condition, reference latents)
+  grid: Optional[tuple] = None  # an edit's (rows, 3) ViT image grid, as nested tuples (static)
 
   def denominator(self, exp: Experience):
     return exp.rows * jnp.sum(exp.schedule.sde_mask).astype(jnp.float32)
@@ -87,15 +116,15 @@ class DMLoss:
     sched = exp.schedule
     sigmas = sched.sigmas
     cd = rows.condition
-    cond = model.condition(params, cd.ids, cd.mask, task="t2i", query_shift=cd.query_shift)
-    cond_ref = model.condition(ref_params, cd.ids, cd.mask, task="t2i", query_shift=cd.query_shift)
+    cond = condition(model, params, cd, self.task, self.grid)
+    cond_ref = condition(model, ref_params, cd, self.task, self.grid)
     b = cond.shape[0]
-    g = dc.guidance
+    g = dc.loss_guidance
     # The caption K/V once for all steps; their gradient accumulates over the steps that read them.
     ctx = model.guidance_context(params["dit"], cond, g)
     ctx_ref = jax.lax.stop_gradient(model.guidance_context(ref_params["dit"], cond_ref, g))
-    vel = model.guided_velocity(params["dit"], ctx, g, detach_uncond=dc.detach_uncond)
-    vel_ref = model.guided_velocity(ref_params["dit"], ctx_ref, g)
+    vel = model.guided_velocity(params["dit"], ctx, g, ref_latents=rows.ref, detach_uncond=dc.detach_uncond)
+    vel_ref = model.guided_velocity(ref_params["dit"], ctx_ref, g, ref_latents=rows.ref)
     latents = jnp.moveaxis(rows.trajectory.latents, 1, 0)  # (n + 1, B, ...)
     old_lp = jnp.moveaxis(rows.trajectory.log_probs, 1, 0)  # (n, B)
     adv = exp.advantages
@@ -108,7 +137,7 @@ class DMLoss:
       out = sde_step(x, v, sigmas[i], sigmas[i + 1], sched.sigma_1, dc.noise_level, prev=prev,
                      reduce=dc.log_prob_reduce)
       mask = jnp.broadcast_to(sched.sde_mask[i], (b,))
-      pg, _, st = dm_policy_loss(out.log_prob, None, adv, dc.clip_eps, mask)
+      pg, _, st = dm_policy_loss(out.log_prob, old_lp[i] if dc.mismatched else None, adv, dc.clip_eps, mask)
       if dc.kl == "mean":
         ref_mean = sde_step(x, v_ref, sigmas[i], sigmas[i + 1], sched.sigma_1, dc.noise_level, prev=prev).mean
         kl, _ = dm_kl(out.mean, ref_mean, out.std, mask)
