@@ -21,9 +21,6 @@ import optax
 
 from unirl_jax.models import clip
 
-SPECIALS = ("<pad>", "<unk>")  # ids 0, 1; <bos>, <eos> take the last two ids
-
-
 def word_tokenizer(words, text: clip.TextConfig):
   """A transformers fast tokenizer: whitespace words -> ids, framed by CLIP's bos/eos (ids from `text`)."""
   from tokenizers import Tokenizer, models, pre_tokenizers, processors
@@ -88,11 +85,11 @@ def fit(cfg: clip.CLIPConfig, pixels: np.ndarray, ids: np.ndarray, mask: np.ndar
   for s in range(steps):
     idx = rs.choice(len(pixels), batch, replace=False)
     params, state, loss = step(params, state, pixels[idx], ids[idx], mask[idx])
-    losses.append(float(loss))
+    losses.append(loss)  # a device scalar: no host sync per step
     if log_every and (s + 1) % log_every == 0:
-      print(f"clip fit {s + 1:5d}  loss {np.mean(losses[-log_every:]):.4f}  {time.perf_counter() - t0:.0f}s",
-            flush=True)
-  return params, losses
+      print(f"clip fit {s + 1:5d}  loss {float(jnp.mean(jnp.stack(losses[-log_every:]))):.4f}  "
+            f"{time.perf_counter() - t0:.0f}s", flush=True)
+  return params, [float(x) for x in jax.device_get(losses)]
 
 
 def write_processors(out: str, cfg: clip.CLIPConfig, tokenizer) -> None:

@@ -13,22 +13,9 @@ import json
 import os
 
 from unirl_jax.data.prompts import PromptRecord
-from unirl_jax.data.records import DataError, ImageRef, open_image
+from unirl_jax.data.records import DataError, image_field, open_image
 
 TEXT_FIELDS = ("prompt", "reverse_prompt", "caption", "target_caption")
-
-
-def _image(v, origin: str, base: str) -> ImageRef:
-  if isinstance(v, dict):
-    v = v.get("bytes") or v.get("path")
-  if isinstance(v, (bytes, bytearray)):
-    return bytes(v)
-  if not isinstance(v, str) or not v:
-    raise DataError(f"{origin}: field 'image' is neither a path nor image bytes ({type(v).__name__})")
-  path = v if os.path.isabs(v) else os.path.join(base, v)
-  if not os.path.exists(path):
-    raise DataError(f"{origin}: image file not found: {path}")
-  return path
 
 
 def make_record(d: dict, origin: str, base: str) -> PromptRecord:
@@ -41,7 +28,8 @@ def make_record(d: dict, origin: str, base: str) -> PromptRecord:
     if not isinstance(d[k], str) or not d[k].strip():
       raise DataError(f"{origin}: field {k!r} must be non-empty text, got {d[k]!r}")
   meta = {k: v for k, v in d.items() if k not in ("prompt", "image")}
-  meta.update({k: d[k].strip() for k in TEXT_FIELDS[1:]}, image=_image(d["image"], origin, base), origin=origin)
+  meta.update({k: d[k].strip() for k in TEXT_FIELDS[1:]}, origin=origin,
+              image=image_field(d["image"], origin, base, check=False))  # decoded in read_edit_file
   return PromptRecord(d["prompt"].strip(), meta)
 
 

@@ -61,7 +61,7 @@ def open_image(ref: ImageRef, origin: str) -> Image.Image:
     raise DataError(f"{origin}: unreadable image {what}: {e}") from e
 
 
-def _image_field(v, origin: str, base: str, check: bool) -> ImageRef:
+def image_field(v, origin: str, base: str, check: bool) -> ImageRef:
   if isinstance(v, dict):
     v = v.get("bytes") or v.get("path")
   if isinstance(v, (bytes, bytearray)):
@@ -86,7 +86,7 @@ def _field(d: dict, names: tuple[str, ...], origin: str):
 def _make(d: dict, kind: str, origin: str, base: str, check_images: bool) -> Record:
   if kind == "t2i":
     caption = _field(d, ("caption", "prompt", "text"), origin)
-    return T2IRecord(str(caption), _image_field(_field(d, ("image", "jpg", "png"), origin), origin, base,
+    return T2IRecord(str(caption), image_field(_field(d, ("image", "jpg", "png"), origin), origin, base,
                                                 check_images), origin)
   if kind == "edit":
     instr = _field(d, ("instruction", "edited_prompt_list"), origin)
@@ -94,8 +94,8 @@ def _make(d: dict, kind: str, origin: str, base: str, check_images: bool) -> Rec
       if len(instr) == 0:
         raise DataError(f"{origin}: empty edited_prompt_list")
       instr = instr[-1]
-    src = _image_field(_field(d, ("source", "src_img"), origin), origin, base, check_images)
-    edited = _image_field(_field(d, ("edited", "edited_img"), origin), origin, base, check_images)
+    src = image_field(_field(d, ("source", "src_img"), origin), origin, base, check_images)
+    edited = image_field(_field(d, ("edited", "edited_img"), origin), origin, base, check_images)
     return EditRecord(str(instr), src, edited, origin)
   raise DataError(f"{origin}: unknown record type {kind!r} (expected 't2i' or 'edit')")
 

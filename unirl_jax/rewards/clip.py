@@ -5,6 +5,7 @@ makes one a reward fn over `RewardInputs` (a run's `clip_rewards`, or `rewards.s
 from __future__ import annotations
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -93,7 +94,6 @@ EDIT_CAPTIONS = ("caption", "target_caption")  # the original's edit columns: so
 
 def from_config(items) -> dict:
   """A run's `clip_rewards` ((kind, dir), ...) -> {kind: reward fn}, each dir loaded once."""
-  import os
   out = {}
   for kind, path in items:
     if not os.path.isfile(os.path.join(path, "config.json")):
