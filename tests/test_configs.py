@@ -19,7 +19,8 @@ def test_config_builds(name):
   run = run_config.load(importlib.import_module(f"configs.{name}").get_config())
   assert isinstance(run, (run_config.GRPORun, run_config.PretrainRun))
   if run.mode == "grpo":
-    assert rewards.check(run.reward, dict(run.remote_rewards))  # every reward local or served (gen_eval)
+    # every reward local, served (gen_eval) or a CLIP reward loaded at start
+    assert rewards.check(run.reward, {**dict(run.remote_rewards), **dict(run.clip_rewards)})
   if run.model.init.startswith("preset:"):
     assert hasattr(unified, run.model.init.split(":", 1)[1])
 
@@ -46,6 +47,21 @@ def test_command_line_overrides_are_typed_and_checked(capsys):
   assert train.main(["train", "--config.group_sise=2"]) == 2
   err = capsys.readouterr().err
   assert "unknown setting 'group_sise'" in err and "did you mean 'group_size'" in err and "Traceback" not in err
+
+
+def test_real_size_editing_settings_are_the_originals():
+  from configs import i2i_unirl_zero
+  c = run_config.load(i2i_unirl_zero.get_config())
+  assert (c.task, c.group_size, c.prompts_per_step, c.dm.steps, c.image_size, c.edit.vit_size) == ("i2i", 8, 8, 10,
+                                                                                                 1024, 672)
+  assert (c.dm.cfg, c.dm.ref_cfg, c.dm.beta, c.dm.clip_eps, c.optim.lr, c.train.epochs) == (3.0, 1.0, 3e-4, 1e-4,
+                                                                                            1e-5, 200)
+  assert {t.name: t.weight for t in c.reward} == {"clip_direction": 4.0, "clip_image_similarity": 1.0}
+  assert c.edit.cycle and not c.dm.mismatched  # the loss guides as the rollout did unless dm.loss_cfg is set
+  assert set(c.train.trainable) == {"dit", "connector", "i2i_queries"}
+  c = train.parse(["train", "--config=configs/i2i_unirl_zero.py", "--config.dm.loss_cfg=3.5",
+                   "--config.edit.literal_vision_end=True"])[0]
+  assert c.dm.mismatched and c.dm.loss_guidance.scale == 3.5 and c.edit.literal_vision_end
 
 
 def test_real_size_grpo_settings_are_the_originals():

@@ -161,3 +161,45 @@ def test_geneval_eval_scores_the_images_it_writes(ckpt, tmp_path, capsys):
   bad.write_text(json.dumps({"prompt": "a cat"}) + "\n")
   assert eval_cli.main(["--ckpt", ckpt, "--prompts", str(bad), "--out", str(out)]) == 2
   assert "record 1 has no GenEval 'tag'/'include' metadata" in capsys.readouterr().err
+
+
+def test_edit_eval_scores_the_edits_and_reconstructions_it_writes(ckpt, tmp_path, capsys):
+  """`python -m unirl_jax.eval --benchmark edit`: each edit is what `generate --edit` draws for that source,
+  instruction and seed (the RL rollout's guidance by default); direction and cycle re-scored from the saved
+  images with the CLIP rewards; a missing CLIP dir is refused naming the flag."""
+  import json
+  from unirl_jax import clip_fit
+  from unirl_jax import eval as eval_cli
+  from unirl_jax.data import shape_edits
+  from unirl_jax.data.pipeline import square
+  from unirl_jax.models import clip
+  from unirl_jax.rewards import RewardInputs
+  from unirl_jax.rewards import clip as clip_rewards
+  shape_edits.write(str(tmp_path / "edits"), n_train=1, n_eval=2, size=32, seed=0)
+  data = tmp_path / "edits" / "eval_edits.jsonl"
+  cc = clip_fit.shapes_config()
+  clip_dir = clip_fit.save(str(tmp_path / "clip"), cc, clip.init_params(cc, jax.random.PRNGKey(0)),
+                           clip_fit.word_tokenizer(clip_fit.shapes_vocabulary(), cc.text))
+  out = tmp_path / "ev"
+  args = ["--benchmark", "edit", "--ckpt", ckpt, "--data", str(data), "--out", str(out), "--seeds", "1",
+          "--steps", str(STEPS), "--batch", "1", "--vit-size", "56", "--size", "32"]
+  assert eval_cli.main(args + ["--clip", clip_dir]) == 0
+  res = json.load(open(out / "results.json"))
+  rows = [json.loads(line) for line in open(out / "images.jsonl")]
+  recs = [json.loads(line) for line in open(data)]
+  assert len(rows) == 2 and res["cfg"] == 3.0 and res["ref_cfg"] == 1.0
+  load = lambda p: np.asarray(Image.open(p).convert("RGB"))
+  src = np.stack([np.asarray(square(Image.open(tmp_path / "edits" / r["image"]), 32)) for r in recs])
+  inputs = RewardInputs(np.stack([load(out / r["edit"]) for r in rows]), [r["prompt"] for r in recs], None, recs,
+                        sources=src, reconstructions=np.stack([load(out / r["recon"]) for r in rows]))
+  np.testing.assert_allclose([r["direction"] for r in rows], clip_rewards.reward("clip_direction", clip_dir)(inputs),
+                             atol=1e-5)
+  np.testing.assert_allclose([r["cycle"] for r in rows],
+                             clip_rewards.reward("clip_image_similarity", clip_dir)(inputs), atol=1e-5)
+  assert res["overall"]["cycle"] == pytest.approx(np.mean([r["cycle"] for r in rows]))
+  assert set(res["kinds"]) == {r["kind"] for r in recs}
+  assert run(ckpt, tmp_path / "g.png", "--prompt", recs[1]["prompt"], "--edit", str(tmp_path / "edits" / recs[1]["image"]),
+             "--cfg", "3.0", "--ref-cfg", "1.0", "--vit-size", "56", "--size", "32") == 0
+  assert np.abs(load(tmp_path / "g.png").astype(int) - load(out / rows[1]["edit"]).astype(int)).max() <= 1
+  assert eval_cli.main(args + ["--clip", str(tmp_path / "nope")]) == 2
+  assert "--clip" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""`python -m unirl_jax.eval --ckpt DIR --benchmark geneval --prompts FILE.jsonl [--seeds 4] [--out DIR]`.
+"""`python -m unirl_jax.eval --ckpt DIR --benchmark geneval --prompts FILE.jsonl [--seeds 4] [--out DIR]`
+(editing: `--benchmark edit --data EDITS.jsonl --clip CLIP_DIR`, unirl_jax.eval_edit).
 
 GenEval on a unified checkpoint: every prompt record (GenEval metadata: tag, include, exclude) generated with
 `--seeds` seeds as `python -m unirl_jax.generate` does, scored from the built-in shapes detector's detections
@@ -18,19 +19,25 @@ import time
 
 import numpy as np
 
-BENCHMARKS = ("geneval",)
+BENCHMARKS = ("geneval", "edit")
 
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(prog="python -m unirl_jax.eval", description=__doc__.splitlines()[0])
   p.add_argument("--ckpt", required=True, help="unified checkpoint dir, or a training run's workdir (its final/)")
   p.add_argument("--benchmark", choices=BENCHMARKS, default="geneval")
-  p.add_argument("--prompts", required=True, help="JSONL of GenEval records (python -m unirl_jax.data.shapes)")
+  p.add_argument("--prompts", "--data", dest="prompts", required=True,
+                 help="geneval: JSONL of GenEval records (python -m unirl_jax.data.shapes); edit: edit records "
+                      "(.jsonl/.parquet, python -m unirl_jax.data.shape_edits)")
   p.add_argument("--out", required=True, help="directory for results.json, images.jsonl and the images")
   p.add_argument("--seeds", type=int, default=4, help="images per prompt")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--steps", type=int, default=20)
-  p.add_argument("--cfg", type=float, default=3.5)
+  p.add_argument("--cfg", type=float, help="text guidance (default: geneval 3.5, edit 3.0 as the RL rollout)")
+  p.add_argument("--ref-cfg", type=float, help="edit: reference guidance (default 1.0, as the RL rollout)")
+  p.add_argument("--vit-size", type=int, default=56, help="edit: the side the LM sees the source at (UniRL: 672)")
+  p.add_argument("--clip", help="edit: the CLIP dir scoring direction and cycle (python -m convert clip, or "
+                                 "python -m unirl_jax.clip_fit)")
   p.add_argument("--shift", type=float, default=3.0)
   p.add_argument("--batch", type=int, default=8, help="prompts per sampler call")
   p.add_argument("--size", type=int, help="image side (default: the DiT's sample size)")
@@ -51,11 +58,25 @@ def summarize(rows: list[dict]) -> dict:
 
 def main(argv=None) -> int:
   a = parse_args(argv)
+  if a.benchmark == "geneval":
+    return geneval_main(a)
+  from unirl_jax import eval_edit, generate
+  try:
+    a.ckpt = generate.resolve_ckpt(a.ckpt)
+    job = eval_edit.prepare(a)
+  except (FileNotFoundError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return eval_edit.run(a, *job)
+
+
+def geneval_main(a) -> int:
   from unirl_jax import generate
   from unirl_jax.data import prompts as prompt_lib
   from unirl_jax.models import unified
   try:
     a.ckpt = generate.resolve_ckpt(a.ckpt)
+    a.cfg = 3.5 if a.cfg is None else a.cfg
     records = prompt_lib.read_prompt_file(a.prompts)
     missing = [i for i, r in enumerate(records) if "tag" not in r.metadata or "include" not in r.metadata]
     if missing:

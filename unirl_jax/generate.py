@@ -57,8 +57,10 @@ def initial_noise(seeds, shape: tuple):
 
 
 def sampler(cfg, task: str, grid, steps: int, shift: float, scale: float, ref_scale):
-  """One jitted function (params, ids, mask, pixel_values, src, ref_keys, noise) -> images in [-1, 1]: the
-  caption K/V of every CFG branch once (`UnifiedModel.guidance_context`), then the Euler loop."""
+  """One jitted function (params, ids, mask, pixel_values, src, ref_keys, noise) -> images in [-1, 1], row
+  p · seeds + s for prompt p and seed s: the caption K/V of every CFG branch once
+  (`UnifiedModel.guidance_context`), then the Euler loop. Editing: `src` (1 or prompts, H, W, 3) in [-1, 1], its
+  reference noise drawn per seed from `ref_keys` (seeds, 2)."""
   import jax
   import jax.numpy as jnp
 
@@ -76,10 +78,10 @@ def sampler(cfg, task: str, grid, steps: int, shift: float, scale: float, ref_sc
     per_prompt = noise.shape[0]
     cond = jnp.repeat(cond, per_prompt, axis=0)  # row p * seeds + s
     ref = None
-    if src is not None:
-      z = model.encode(params, src)[0]
-      ref = jax.vmap(lambda k: model.noisy_reference(z, k))(ref_keys)
-      ref = jnp.tile(ref, (ids.shape[0], 1, 1, 1))
+    if src is not None:  # one source for every prompt, or one per prompt
+      z = model.encode(params, src)
+      ref = jax.vmap(lambda zi: jax.vmap(lambda k: model.noisy_reference(zi, k))(ref_keys))(z)  # (n, seeds, ...)
+      ref = jnp.broadcast_to(ref, (ids.shape[0],) + ref.shape[1:]).reshape((-1,) + ref.shape[2:])
     ctx = model.guidance_context(params["dit"], cond, guidance)
     velocity = model.guided_velocity(params["dit"], ctx, guidance, ref_latents=ref)
     x = euler_sample(velocity, jnp.tile(noise, (ids.shape[0], 1, 1, 1)), sigmas, timesteps)

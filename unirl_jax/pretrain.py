@@ -80,6 +80,11 @@ class Pretrainer(Trainer):
         manifest = os.path.join(out, "scenes.jsonl")
         if not os.path.exists(manifest):
           shapes.write(out, n_train=d.synthetic_n, size=d.image_size, seed=self.config.seed)
+      elif d.synthetic == "shape_edits":
+        from unirl_jax.data import shape_edits
+        manifest = os.path.join(out, "edit_pairs.jsonl")
+        if not os.path.exists(manifest):
+          shape_edits.write(out, n_train=d.synthetic_n, size=d.image_size, seed=self.config.seed)
       else:
         from unirl_jax.data import synthetic
         manifest = os.path.join(out, "train.jsonl")

@@ -110,6 +110,21 @@ class TrainSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class EditSettings:
+  """The editing task (task "i2i"; `../shared/reference/unirl.md` §3.6)."""
+
+  vit_size: int = 56  # the source (and edited) image as the LM sees it, square (the original: 672 -> 576 tokens)
+  cycle: bool = True  # reverse-edit every edited image back (the reconstruction the cycle reward scores)
+  # The original RL prompt writes `<vision_end>` as plain text instead of the special `<|vision_end|>`; True
+  # reproduces it (its checkpoints were trained so), False uses the real token.
+  literal_vision_end: bool = False
+
+  def __post_init__(self):
+    if self.vit_size < 1:
+      raise ConfigError(f"edit.vit_size must be >= 1, got {self.vit_size}")
+
+
+@dataclasses.dataclass(frozen=True)
 class BenchSettings:
   repeats: int = 3  # timed repeats per phase (warm-up excluded)
   new_tokens: int = 8  # decoded tokens in the LM phases (EOS off)
@@ -122,12 +137,14 @@ class GRPORun:
   """A GRPO run (python -m unirl_jax.train --config configs/t2i_jpeg_tiny.py)."""
 
   mode: str = "grpo"
-  task: str = "t2i"  # the scenario (unirl_jax.scenarios): "t2i" | "t2icot"
+  task: str = "t2i"  # the scenario (unirl_jax.scenarios): "t2i" | "t2icot" | "i2i" (editing)
   seed: int = 0
   workdir: str = "workdir/grpo"
   progress: bool = True  # a progress bar
   model: ModelSettings = ModelSettings()
-  prompt_file: str = ""  # .txt (one per line) or .jsonl ("prompt"/"caption"); empty: `prompts`
+  # .txt (one per line) or .jsonl ("prompt"/"caption"); empty: `prompts`. Editing: the edit records (.jsonl or
+  # .parquet with image, prompt, reverse_prompt, caption, target_caption: unirl_jax.data.edits).
+  prompt_file: str = ""
   prompts: tuple[str, ...] = ()  # empty: built-in shape prompts
   prompts_per_step: int = 1  # groups per optimizer step
   group_size: int = 8  # G samples per prompt
@@ -150,6 +167,7 @@ class GRPORun:
   advantage: AdvantageConfig = AdvantageConfig()
   dm: DMConfig = DMConfig()
   lm: LMConfig = LMConfig()
+  edit: EditSettings = EditSettings()
   optim: OptimSettings = OptimSettings()
   train: TrainSettings = TrainSettings()
   mesh: MeshConfig = MeshConfig()
@@ -191,7 +209,8 @@ class DataSettings:
   synthetic_n: int = 512  # images in the generated synthetic set
   # Which synthetic set, when `sources` is empty: "shapes" (one shape per image, captions and colour edits:
   # unirl_jax.data.synthetic) or "geneval_scenes" (multi-object scenes for GenEval-format prompts:
-  # unirl_jax.data.shapes; the cold start of the GenEval scenario).
+  # unirl_jax.data.shapes; the cold start of the GenEval scenario) or "shape_edits" (edits of shape scenes both
+  # ways with their captions: unirl_jax.data.shape_edits; the editing scenario's cold start and RL records).
   synthetic: str = "shapes"
   image_size: int = 32  # target images, square pixels (UniRL: 1024)
   vit_size: int = 56  # the source image as the LM sees it (UniRL: 672 -> 576 tokens)
@@ -201,8 +220,8 @@ class DataSettings:
   skip_bad: bool = False  # skip (and count) bad records instead of stopping with file:line
 
   def __post_init__(self):
-    if self.synthetic not in ("shapes", "geneval_scenes"):
-      raise ConfigError(f"data.synthetic {self.synthetic!r} not one of 'shapes', 'geneval_scenes'")
+    if self.synthetic not in ("shapes", "geneval_scenes", "shape_edits"):
+      raise ConfigError(f"data.synthetic {self.synthetic!r} not one of 'shapes', 'geneval_scenes', 'shape_edits'")
 
 
 @dataclasses.dataclass(frozen=True)

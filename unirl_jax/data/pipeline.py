@@ -79,15 +79,19 @@ def to_uint8(images) -> np.ndarray:
   return np.round(x * 255).astype(np.uint8)
 
 
+def vit_processor(spec: ImageSpec):
+  """Qwen2-VL's image processor pinned to vit_size² (a square image keeps its size: one grid for all)."""
+  from transformers import Qwen2VLImageProcessorPil
+  px = spec.vit_size**2
+  return Qwen2VLImageProcessorPil(min_pixels=px, max_pixels=px, patch_size=spec.patch, merge_size=spec.merge)
+
+
 class Preprocessor:
   """One record -> a dict of numpy arrays with fixed shapes."""
 
   def __init__(self, tokenizer, spec: ImageSpec, max_text_len: int, pad_id: int):
-    from transformers import Qwen2VLImageProcessorPil
     self.tok, self.spec, self.max_len, self.pad_id = tokenizer, spec, max_text_len, pad_id
-    px = spec.vit_size**2
-    self.vit = Qwen2VLImageProcessorPil(min_pixels=px, max_pixels=px, patch_size=spec.patch,
-                                        merge_size=spec.merge)
+    self.vit = vit_processor(spec)
 
   def _ids(self, text: str) -> tuple[np.ndarray, np.ndarray]:
     ids = self.tok(text, add_special_tokens=False)["input_ids"][:self.max_len]  # the original truncates too

@@ -35,9 +35,13 @@ def t2i_cot(caption: str) -> str:
   return chat(RL_T2I_COT.format(caption), pretrain=False)
 
 
-def edit(instruction: str, pretrain: bool = False) -> str:
-  """One `<|image_pad|>` placeholder: expand it with `tokenizer.expand_image_tokens` for the image's grid."""
-  return chat(IMAGE_BLOCK + (PRETRAIN_EDIT if pretrain else RL_EDIT).format(instruction), pretrain)
+def edit(instruction: str, pretrain: bool = False, literal_vision_end: bool = False) -> str:
+  """One `<|image_pad|>` placeholder: expand it with `tokenizer.expand_image_tokens` for the image's grid.
+
+  literal_vision_end: the original RL prompt's `<vision_end>`, plain text where the special `<|vision_end|>`
+  belongs (`../shared/reference/unirl.md` §1.3); its checkpoints were trained with it."""
+  block = IMAGE_BLOCK.replace("<|vision_end|>", "<vision_end>") if literal_vision_end else IMAGE_BLOCK
+  return chat(block + (PRETRAIN_EDIT if pretrain else RL_EDIT).format(instruction), pretrain)
 
 
 @dataclasses.dataclass(frozen=True)

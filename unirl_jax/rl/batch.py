@@ -52,6 +52,7 @@ class Experience:
   schedule: Optional[Schedule] = None  # shared by all rows (not split or sharded)
   dm: Optional[DMRows] = None
   lm: Optional[Completions] = None
+  cycle: Optional[DMRows] = None  # editing: each row's reconstruction (the reverse edit of its edited image)
 
   @property
   def rows(self) -> int:

@@ -69,18 +69,23 @@ class DMConfig:
 
 
 def condition(model: UnifiedModel, params, cd: Condition, task: str = "t2i", grid=None):
-  """The DM caption input of `cd`'s rows; an edit's rows carry their source's ViT patches (`grid`: the
-  (rows, 3) image grid, static)."""
-  pv = None if cd.pixel_values is None else cd.pixel_values.reshape(-1, cd.pixel_values.shape[-1])
-  return model.condition(params, cd.ids, cd.mask, pv, None if grid is None else np.asarray(grid), task=task,
-                         query_shift=cd.query_shift)
+  """The DM caption input of `cd`'s rows; an edit's rows carry their source's ViT patches, all of one image
+  size (`grid`: that image's (t, h, w) ViT grid, static), so any split of the rows keeps its grid."""
+  pv, grids = None, None
+  if cd.pixel_values is not None:
+    if grid is None:
+      raise ValueError("edit rows carry ViT patches: give their image grid (t, h, w)")
+    pv = cd.pixel_values.reshape(-1, cd.pixel_values.shape[-1])
+    grids = np.tile(np.asarray(grid, np.int64).reshape(1, 3), (cd.ids.shape[0], 1))
+  return model.condition(params, cd.ids, cd.mask, pv, grids, task=task, query_shift=cd.query_shift)
 
 
 def rollout(model: UnifiedModel, params, cd: Condition, rng, dc: DMConfig, schedule: Schedule,
             latent_hw: tuple[int, int], ref=None, task: str = "t2i", grid=None) -> tuple[Trajectory, jax.Array]:
   """SDE sampling (no gradients), one trajectory per condition row: the trajectory and the images in [-1, 1].
   Rows are the prompts already repeated per sample (group-major), as the loss sees them. An edit gives its
-  rows' noisy reference latents `ref` (three-way CFG when dc.ref_cfg is set), task "i2i" and the ViT `grid`."""
+  rows' noisy reference latents `ref` (three-way CFG when dc.ref_cfg is set), task "i2i" and the rows' ViT
+  `grid` (t, h, w)."""
   params = jax.lax.stop_gradient(params)
   cond = condition(model, params, cd, task, grid)
   k_x, k_sde = jax.random.split(rng)
@@ -105,7 +110,7 @@ class DMLoss:
   field: str = "dm"
   prefix: str = ""  # metric names of a second DM part (e.g. "cycle_")
   task: str = "t2i"  # "i2i": the rows are edits (ViT patches in the condition, reference latents)
-  grid: Optional[tuple] = None  # an edit's (rows, 3) ViT image grid, as nested tuples (static)
+  grid: Optional[tuple] = None  # an edit row's (t, h, w) ViT image grid, shared by all rows (static)
 
   def denominator(self, exp: Experience):
     return exp.rows * jnp.sum(exp.schedule.sde_mask).astype(jnp.float32)

@@ -23,9 +23,6 @@ from unirl_jax.rl.advantages import group_advantages
 from unirl_jax.rl.batch import Experience
 from unirl_jax.trainer import Hook, Trainer
 
-DEFAULT_PROMPTS = ("a red circle on a blue background", "a green square on a white background",
-                   "a yellow triangle on a black background", "a blue circle on a yellow background")
-
 
 class GRPOTrainer(Trainer):
   """config: a GRPO run config (ConfigDict or `run_config.GRPORun`); its `task` picks the scenario.
@@ -37,8 +34,8 @@ class GRPOTrainer(Trainer):
     run = config if isinstance(config, run_config.GRPORun) else run_config.load(config)
     if not isinstance(run, run_config.GRPORun):
       raise ValueError(f"GRPOTrainer needs a GRPO config, got mode {run.mode!r}")
-    texts = prompt_lib.read_prompt_file(run.prompt_file) if run.prompt_file else (run.prompts or DEFAULT_PROMPTS)
-    self.prompts = prompt_lib.PromptSource(texts, run.prompts_per_step, run.seed)
+    records = scenarios.get(run.task).records(run)
+    self.prompts = prompt_lib.PromptSource(records, run.prompts_per_step, run.seed)
     super().__init__(run, workdir, run.total_steps(len(self.prompts)), init)
     c = self.config
     n_batch = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
@@ -101,7 +98,7 @@ class GRPOTrainer(Trainer):
 
   def _samples(self, step: int, roll, log) -> None:
     path = os.path.join(self.workdir, "samples", f"step_{step:06d}.png")
-    grid = save_grid(self.task.sample_images(roll), self.config.group_size, path)
+    grid = save_grid(*self.task.sample_grid(roll), path)
     log.image("samples", step, open(path, "rb").read(), *grid.shape[:2])
     if roll.samples:
       with open(path[:-4] + ".json", "w") as f:

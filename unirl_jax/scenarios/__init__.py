@@ -7,15 +7,19 @@ from unirl_jax.scenarios.base import RewardInputs, Rollout, Task
 
 
 def registry() -> dict[str, type[Task]]:
-  from unirl_jax.scenarios import t2i, t2icot
-  return {t.name: t for t in (t2i.TextToImage, t2icot.CoTTextToImage)}
+  from unirl_jax.scenarios import i2i, t2i, t2icot
+  return {t.name: t for t in (t2i.TextToImage, t2icot.CoTTextToImage, i2i.Editing)}
 
 
-def make(name: str, engine) -> Task:
+def get(name: str) -> type[Task]:
   tasks = registry()
   if name not in tasks:
     raise ValueError(f"task {name!r} not one of {sorted(tasks)}")
-  return tasks[name](engine)
+  return tasks[name]
 
 
-__all__ = ["RewardInputs", "Rollout", "Task", "make", "registry"]
+def make(name: str, engine) -> Task:
+  return get(name)(engine)
+
+
+__all__ = ["RewardInputs", "Rollout", "Task", "get", "make", "registry"]

@@ -13,8 +13,12 @@ from typing import Any, ClassVar
 import jax
 import numpy as np
 
+from unirl_jax.data import prompts as prompt_lib
 from unirl_jax.rewards import RewardInputs
 from unirl_jax.rl.batch import Experience
+
+DEFAULT_PROMPTS = ("a red circle on a blue background", "a green square on a white background",
+                   "a yellow triangle on a black background", "a blue circle on a yellow background")
 
 
 @dataclasses.dataclass
@@ -32,6 +36,13 @@ class Task:
   def __init__(self, engine):
     self.engine = engine
 
+  @classmethod
+  def records(cls, run) -> list:
+    """The run's prompt records (`prompts.PromptRecord`), read before the engine is built."""
+    if run.prompt_file:
+      return prompt_lib.read_prompt_file(run.prompt_file)
+    return list(run.prompts or DEFAULT_PROMPTS)
+
   def loss_parts(self) -> tuple:
     """The loss terms (rl.dm.DMLoss, rl.lm.LMLoss, ...) summed with the shared advantage."""
     raise NotImplementedError
@@ -40,9 +51,9 @@ class Task:
     """The step's rollouts from the current policy (`engine.state["trainable"]` + `engine.frozen`)."""
     raise NotImplementedError
 
-  def sample_images(self, rollout: Rollout) -> np.ndarray:
-    """The images of the step's sample grid, G per row of the grid."""
-    return rollout.rewards.images
+  def sample_grid(self, rollout: Rollout) -> tuple[np.ndarray, int]:
+    """The images of the step's sample grid and its number of columns (a group per row)."""
+    return rollout.rewards.images, self.engine.config.group_size
 
 
 def jit_rows(engine, fn, *example_args, replicated_args: tuple[int, ...] = ()) -> Any:
