@@ -36,6 +36,8 @@ def parse_args(argv=None):
   p.add_argument("--cfg", type=float, help="text guidance (default: geneval 3.5, edit 3.0 as the RL rollout)")
   p.add_argument("--ref-cfg", type=float, help="edit: reference guidance (default 1.0, as the RL rollout)")
   p.add_argument("--vit-size", type=int, default=56, help="edit: the side the LM sees the source at (UniRL: 672)")
+  p.add_argument("--literal-vision-end", action="store_true",
+                 help="edit: the original RL prompt's `<vision_end>` as text (a checkpoint trained with it)")
   p.add_argument("--clip", help="edit: the CLIP dir scoring direction and cycle (python -m convert clip, or "
                                  "python -m unirl_jax.clip_fit)")
   p.add_argument("--shift", type=float, default=3.0)

@@ -63,9 +63,9 @@ def run(a, records, cfg, size) -> int:
   from PIL import Image
 
   from unirl_jax import chat, generate
-  from unirl_jax import tokenizer as tok_lib
   from unirl_jax.data import prompts as prompt_lib
-  from unirl_jax.data.pipeline import ImageSpec, square, to_uint8, to_unit_range, vit_processor
+  from unirl_jax.data.pipeline import (ImageSpec, edit_texts, square, to_uint8, to_unit_range, vit_patches,
+                                       vit_processor)
   from unirl_jax.data.records import open_image
   from unirl_jax.models import unified
   from unirl_jax.rewards import RewardInputs
@@ -86,17 +86,15 @@ def run(a, records, cfg, size) -> int:
   ref_scale = EDIT_REF_CFG if a.ref_cfg is None else a.ref_cfg
   samplers = {}
 
-  lengths = [len(tok(tok_lib.expand_image_tokens(prompt_lib.edit(t), [spec.vit_grid], spec.merge),
-                     add_special_tokens=False)["input_ids"])
-             for r in records for t in (r.text, r.metadata["reverse_prompt"])]
-  length = max(lengths)
+  length = max(len(tok(t, add_special_tokens=False)["input_ids"])
+               for r in records for t in edit_texts([r.text, r.metadata["reverse_prompt"]], spec, a.literal_vision_end))
 
   def edit(instructions, images, n_seeds: int):
     """Each (instruction, PIL image) -> its `n_seeds` edits (the first n_seeds seeds), row i · n_seeds + s."""
-    texts = [tok_lib.expand_image_tokens(prompt_lib.edit(i), [spec.vit_grid], spec.merge) for i in instructions]
-    ids, mask = prompt_lib.encode(tok, texts, length, None)
-    pv = np.asarray(vit(images=[square(im, spec.vit_size) for im in images], return_tensors="np")["pixel_values"],
-                    np.float32)
+    ids, mask = prompt_lib.encode(tok, edit_texts(instructions, spec, a.literal_vision_end), length,
+                                None)
+    pv = vit_patches(images, spec, vit)
+    pv = pv.reshape(-1, pv.shape[-1])
     src = np.stack([to_unit_range(square(im, size)) for im in images])
     key = (len(images), n_seeds)
     if key not in samplers:
@@ -129,6 +127,7 @@ def run(a, records, cfg, size) -> int:
           triplets.append(np.concatenate([src_u8[j], edited[j], recon[j]], axis=1))
   summary = {**summarize(rows), "ckpt": a.ckpt, "data": a.prompts, "clip": a.clip, "seeds": a.seeds,
              "steps": a.steps, "cfg": scale, "ref_cfg": ref_scale, "vit_size": a.vit_size,
+             "literal_vision_end": a.literal_vision_end,
              "seconds": time.perf_counter() - t0}
   with open(os.path.join(a.out, "images.jsonl"), "w") as fh:
     fh.writelines(json.dumps(r) + "\n" for r in rows)

@@ -86,6 +86,19 @@ def vit_processor(spec: ImageSpec):
   return Qwen2VLImageProcessorPil(min_pixels=px, max_pixels=px, patch_size=spec.patch, merge_size=spec.merge)
 
 
+def edit_texts(instructions, spec: ImageSpec, literal_vision_end: bool = False) -> list[str]:
+  """RL/inference edit prompts (`prompts.edit`) with the image's `<|image_pad|>` expanded for vit_size²."""
+  return [prompts.edit(i, literal_vision_end=literal_vision_end).replace(
+      "<|image_pad|>", "<|image_pad|>" * spec.vit_tokens) for i in instructions]
+
+
+def vit_patches(images, spec: ImageSpec, vit) -> np.ndarray:
+  """PIL images -> their ViT patches at vit_size², (n, patches, C·T·P·P) float32; `vit`: `vit_processor`."""
+  pv = np.asarray(vit(images=[square(im, spec.vit_size) for im in images], return_tensors="np")["pixel_values"],
+                  np.float32)
+  return pv.reshape(len(images), -1, pv.shape[-1])
+
+
 class Preprocessor:
   """One record -> a dict of numpy arrays with fixed shapes."""
 

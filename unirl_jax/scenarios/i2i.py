@@ -11,11 +11,11 @@ import jax
 import numpy as np
 from PIL import Image
 
-from unirl_jax import tokenizer as tok_lib
 from unirl_jax import train_state
 from unirl_jax.data import edits as edit_lib
 from unirl_jax.data import prompts as prompt_lib
-from unirl_jax.data.pipeline import ImageSpec, square, to_uint8, to_unit_range, vit_processor
+from unirl_jax.data.pipeline import (ImageSpec, edit_texts, square, to_uint8, to_unit_range, vit_patches,
+                                     vit_processor)
 from unirl_jax.data.records import open_image
 from unirl_jax.rl import dm
 from unirl_jax.rl.batch import Condition, DMRows, Experience
@@ -81,12 +81,9 @@ class Editing(Task):
     """One condition row per (instruction, image): the RL edit prompt with the image's tokens, and its patches."""
     e = self.engine
     c = e.config
-    text = [tok_lib.expand_image_tokens(prompt_lib.edit(i, literal_vision_end=c.edit.literal_vision_end),
-                                        [self.grid], self.spec.merge) for i in instructions]
+    text = edit_texts(instructions, self.spec, c.edit.literal_vision_end)
     ids, mask = prompt_lib.encode(e.tok, text, c.max_text_len, "max_text_len", c.text_pad, c.text_pad_multiple)
-    vit = self.vit(images=[square(im, self.spec.vit_size) for im in images], return_tensors="np")
-    pv = np.asarray(vit["pixel_values"], np.float32)
-    return Condition(ids, mask, None, pv.reshape(len(images), -1, pv.shape[-1]))
+    return Condition(ids, mask, None, vit_patches(images, self.spec, self.vit))
 
   def references(self, images_u8: np.ndarray, rng, group: int):
     """Noisy reference latents of (rows, S, S, 3) uint8 images: one noise draw per `group` consecutive rows."""
