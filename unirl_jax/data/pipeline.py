@@ -145,15 +145,20 @@ def make_dataset(records: list[Record], pre: Preprocessor, batch_size: int, seed
   """An infinite, deterministic MapDataset of batches; `edit_weight` (default: the edit records' share)."""
   by_task = {"t2i": [r for r in records if isinstance(r, T2IRecord)],
              "edit": [r for r in records if isinstance(r, EditRecord)]}
+  if edit_weight is not None and not 0 <= edit_weight <= 1:
+    raise ValueError(f"data.edit_weight {edit_weight} not in [0, 1] (or < 0 in the config: by record count)")
   streams, weights = [], []
   for i, (task, recs) in enumerate(by_task.items()):
-    if not recs:
+    share = None if edit_weight is None else (edit_weight if task == "edit" else 1 - edit_weight)
+    if not recs or share == 0:  # data.edit_weight 1 or 0: one task only
       continue
     if len(recs) < batch_size:
       raise ValueError(f"{len(recs)} {task} records are fewer than batch_size {batch_size}")
     ds = (grain.MapDataset.source(recs).shuffle(seed=seed + i).repeat().map(pre)
           .batch(batch_size, drop_remainder=True, batch_fn=_stack))
     streams.append(ds)
-    w = len(recs) / len(records)
-    weights.append(w if edit_weight is None else (edit_weight if task == "edit" else 1 - edit_weight))
+    weights.append(len(recs) / len(records) if share is None else share)
+  if not streams:
+    raise ValueError(f"data.edit_weight {edit_weight} leaves no records: the sources hold "
+                     f"{len(by_task['t2i'])} text-to-image and {len(by_task['edit'])} edit records")
   return streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, weights=weights)
