@@ -58,6 +58,14 @@ def summarize(rows: list[dict]) -> dict:
   return {"tags": tags, "overall": overall, "images": len(rows)}
 
 
+def write_results(out: str, rows: list[dict], summary: dict) -> None:
+  """OUT/images.jsonl (one row per image) and OUT/results.json (the summary), for every benchmark."""
+  with open(os.path.join(out, "images.jsonl"), "w") as fh:
+    fh.writelines(json.dumps(r) + "\n" for r in rows)
+  with open(os.path.join(out, "results.json"), "w") as fh:
+    json.dump(summary, fh, indent=1)
+
+
 def main(argv=None) -> int:
   a = parse_args(argv)
   if a.benchmark == "geneval":
@@ -124,10 +132,7 @@ def geneval_main(a) -> int:
                      "reasons": list(res.reasons)})
   summary = {**summarize(rows), "ckpt": a.ckpt, "prompts": a.prompts, "seeds": a.seeds, "steps": a.steps,
              "cfg": a.cfg, "detector": "shapes", "seconds": time.perf_counter() - t0}
-  with open(os.path.join(a.out, "images.jsonl"), "w") as fh:
-    fh.writelines(json.dumps(r) + "\n" for r in rows)
-  with open(os.path.join(a.out, "results.json"), "w") as fh:
-    json.dump(summary, fh, indent=1)
+  write_results(a.out, rows, summary)
   print(f"{'tag':14s} {'n':>4s} {'score':>7s} {'strict':>7s} {'geneval':>7s}")
   for t, v in summary["tags"].items():
     print(f"{t:14s} {v['n']:4d} {v['score']:7.3f} {v['strict_accuracy']:7.3f} {v['accuracy']:7.3f}")

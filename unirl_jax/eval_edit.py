@@ -63,6 +63,7 @@ def run(a, records, cfg, size) -> int:
   from PIL import Image
 
   from unirl_jax import chat, generate
+  from unirl_jax.eval import write_results
   from unirl_jax.data import prompts as prompt_lib
   from unirl_jax.data.pipeline import (ImageSpec, edit_texts, square, to_uint8, to_unit_range, vit_patches,
                                        vit_processor)
@@ -129,10 +130,7 @@ def run(a, records, cfg, size) -> int:
              "steps": a.steps, "cfg": scale, "ref_cfg": ref_scale, "vit_size": a.vit_size,
              "literal_vision_end": a.literal_vision_end,
              "seconds": time.perf_counter() - t0}
-  with open(os.path.join(a.out, "images.jsonl"), "w") as fh:
-    fh.writelines(json.dumps(r) + "\n" for r in rows)
-  with open(os.path.join(a.out, "results.json"), "w") as fh:
-    json.dump(summary, fh, indent=1)
+  write_results(a.out, rows, summary)
   Image.fromarray(np.concatenate(triplets, axis=0)).save(os.path.join(a.out, "triplets.png"))
   print(f"{'kind':10s} {'n':>4s} {'direction':>9s} {'cycle':>7s}")
   for k, s in summary["kinds"].items():
