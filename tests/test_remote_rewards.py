@@ -65,6 +65,12 @@ def test_request_round_trip_keeps_every_field():
   y = from_request(json.loads(json.dumps(to_request(x))))
   np.testing.assert_array_equal(y.images, x.images)  # PNG is lossless
   assert (y.prompts, y.completions, y.metadata) == (x.prompts, x.completions, x.metadata)
+  # a task without images (reasoning): completions, their token counts and the budget travel too
+  x = RewardInputs(None, ["q1", "q2"], completions=["<answer>1</answer>", "2"], metadata=[{"answer": "1"}] * 2,
+                   completion_lengths=np.array([5, 9], np.int32), completion_budget=16)
+  y = from_request(json.loads(json.dumps(to_request(x))))
+  assert y.images is None and (y.prompts, y.completions, y.metadata) == (x.prompts, x.completions, x.metadata)
+  assert list(y.completion_lengths) == [5, 9] and y.completion_budget == 16
 
 
 def test_served_reward_equals_the_local_one():
@@ -77,7 +83,7 @@ def test_served_reward_equals_the_local_one():
 @pytest.mark.parametrize("reply,msg", [
     ((200, b"<html>oops</html>", 0), "non-JSON"),
     ((200, json.dumps({"score": [1, 2, 3]}).encode(), 0), "no 'scores' list"),
-    ((200, scores_body([1.0, 2.0]), 0), "returned 2 scores for 3 images"),
+    ((200, scores_body([1.0, 2.0]), 0), "returned 2 scores for 3 rows"),
     ((200, b'{"scores": [1.0, NaN, 2.0]}', 0), r"non-finite or non-numeric scores at rows \[1\]"),
     ((200, scores_body([1.0, "x", 2.0]), 0), r"non-finite or non-numeric scores at rows \[1\]"),
     ((400, b"bad batch", 0), "refused the request"),

@@ -58,7 +58,7 @@ def test_unknown_reward_and_missing_inputs_are_named():
     rewards.score("gen_evl", inputs())
   with pytest.raises(ValueError, match="reward 'format' needs `completions`"):
     rewards.score("format", inputs())
-  with pytest.raises(ValueError, match="metadata has 2 rows, images has 3"):
+  with pytest.raises(ValueError, match="metadata has 2 rows, prompts has 3"):
     inputs(3, metadata=[{}, {}])
 
 

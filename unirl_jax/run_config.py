@@ -16,6 +16,7 @@ from collections import abc
 from typing import Any, Mapping, Optional, Union
 
 from unirl_jax import rewards
+from unirl_jax.data import prompts as prompt_lib
 from unirl_jax.models.layers import KERNELS, REMAT_POLICIES
 from unirl_jax.rl.advantages import AdvantageConfig
 from unirl_jax.rl.dm import DMConfig
@@ -125,6 +126,22 @@ class EditSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class ReasonSettings:
+  """The reasoning task (task "reason"; docs/scenarios.md)."""
+
+  # The user turn; {question} is the record's question (open-r1-multimodal's template without "(number)").
+  template: str = prompt_lib.REASON
+  system: str = prompt_lib.SYSTEM  # the system turn (Qwen2.5-VL's default)
+  vit_size: int = 56  # an image question's image as the LM sees it, square (448: 256 tokens)
+
+  def __post_init__(self):
+    if "{question}" not in self.template:
+      raise ConfigError(f"reason.template {self.template!r} has no {{question}} field")
+    if self.vit_size < 1:
+      raise ConfigError(f"reason.vit_size must be >= 1, got {self.vit_size}")
+
+
+@dataclasses.dataclass(frozen=True)
 class BenchSettings:
   repeats: int = 3  # timed repeats per phase (warm-up excluded)
   new_tokens: int = 8  # decoded tokens in the LM phases (EOS off)
@@ -137,13 +154,14 @@ class GRPORun:
   """A GRPO run (python -m unirl_jax.train --config configs/t2i_jpeg_tiny.py)."""
 
   mode: str = "grpo"
-  task: str = "t2i"  # the scenario (unirl_jax.scenarios): "t2i" | "t2icot" | "i2i" (editing)
+  task: str = "t2i"  # the scenario (unirl_jax.scenarios): "t2i" | "t2icot" | "i2i" (editing) | "reason"
   seed: int = 0
   workdir: str = "workdir/grpo"
   progress: bool = True  # a progress bar
   model: ModelSettings = ModelSettings()
   # .txt (one per line) or .jsonl ("prompt"/"caption"); empty: `prompts`. Editing: the edit records (.jsonl or
-  # .parquet with image, prompt, reverse_prompt, caption, target_caption: unirl_jax.data.edits).
+  # .parquet with image, prompt, reverse_prompt, caption, target_caption: unirl_jax.data.edits). Reasoning: the
+  # question records (.jsonl or .parquet: unirl_jax.data.questions).
   prompt_file: str = ""
   prompts: tuple[str, ...] = ()  # empty: built-in shape prompts
   prompts_per_step: int = 1  # groups per optimizer step
@@ -168,6 +186,7 @@ class GRPORun:
   dm: DMConfig = DMConfig()
   lm: LMConfig = LMConfig()
   edit: EditSettings = EditSettings()
+  reason: ReasonSettings = ReasonSettings()
   optim: OptimSettings = OptimSettings()
   train: TrainSettings = TrainSettings()
   mesh: MeshConfig = MeshConfig()

@@ -9,11 +9,10 @@ CLIP direction reward reads), plus "image" (the reference) and "origin" ("file:l
 
 from __future__ import annotations
 
-import json
 import os
 
 from unirl_jax.data.prompts import PromptRecord
-from unirl_jax.data.records import DataError, image_field, open_image
+from unirl_jax.data.records import DataError, image_field, iter_file_rows, open_image
 
 TEXT_FIELDS = ("prompt", "reverse_prompt", "caption", "target_caption")
 
@@ -36,26 +35,8 @@ def make_record(d: dict, origin: str, base: str) -> PromptRecord:
 def read_edit_file(path: str, check_images: bool = True) -> list[PromptRecord]:
   """Edit records of a .jsonl or .parquet file; with `check_images` every image is decoded once up front, so a
   bad one fails here naming its record rather than mid-run."""
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"edit file {path!r} does not exist")
   base = os.path.dirname(os.path.abspath(path))
-  out = []
-  if path.endswith(".parquet"):
-    import pyarrow.parquet as pq
-    for i, d in enumerate(pq.read_table(path).to_pylist()):
-      out.append(make_record(d, f"{path}: row {i}", base))
-  elif path.endswith(".jsonl"):
-    with open(path, encoding="utf-8") as f:
-      for n, line in enumerate(f, 1):
-        if not line.strip():
-          continue
-        try:
-          d = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise DataError(f"{path}:{n}: not JSON ({e.msg})") from None
-        out.append(make_record(d, f"{path}:{n}", base))
-  else:
-    raise DataError(f"edit file {path!r}: expected .jsonl or .parquet")
+  out = [make_record(d, origin, base) for origin, d in iter_file_rows(path, "edit")]
   if not out:
     raise DataError(f"edit file {path!r} holds no records")
   if check_images:

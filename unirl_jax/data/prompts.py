@@ -19,10 +19,13 @@ RL_T2I = "Please generate the image given the following caption: {}"
 RL_T2I_COT = ("Please enhance the following prompt to make it more suitable for image generation: {}. "
               "Output the final answer (entailed prompt) in <answer> </answer> tags.")
 RL_EDIT = "\nPlease edit the image given the following instruction: {}"
+# open-r1-multimodal's question template (`../shared/reference/unirl.md` §5.7), without its "(number)": the
+# answers here are also letters, words and expressions.
+REASON = "{question} Output the thinking process in <think> </think> and final answer in <answer> </answer> tags."
 
 
-def chat(user: str, pretrain: bool) -> str:
-  text = f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+def chat(user: str, pretrain: bool, system: str = SYSTEM) -> str:
+  text = f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
   return text + "<|im_end|>\n" if pretrain else text
 
 
@@ -42,6 +45,14 @@ def edit(instruction: str, pretrain: bool = False, literal_vision_end: bool = Fa
   belongs (`../shared/reference/unirl.md` §1.3); its checkpoints were trained with it."""
   block = IMAGE_BLOCK.replace("<|vision_end|>", "<vision_end>") if literal_vision_end else IMAGE_BLOCK
   return chat(block + (PRETRAIN_EDIT if pretrain else RL_EDIT).format(instruction), pretrain)
+
+
+def reason(question: str, template: str = REASON, image: bool = False, system: str = SYSTEM) -> str:
+  """A reasoning question's LM prompt (the LM completes it); an image question starts with the image block, whose
+  one `<|image_pad|>` `tokenizer.expand_image_tokens` expands for the image's grid."""
+  if "{question}" not in template:
+    raise ValueError(f"reason.template {template!r} has no {{question}} field")
+  return chat((IMAGE_BLOCK if image else "") + template.replace("{question}", question), False, system)
 
 
 @dataclasses.dataclass(frozen=True)

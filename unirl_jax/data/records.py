@@ -13,7 +13,7 @@ import dataclasses
 import io
 import json
 import os
-from typing import Iterable, Optional, Union
+from typing import Iterable, Iterator, Optional, Union
 
 import numpy as np
 from PIL import Image
@@ -74,6 +74,31 @@ def image_field(v, origin: str, base: str, check: bool) -> ImageRef:
   if check:
     open_image(path, origin)
   return path
+
+
+def iter_file_rows(path: str, what: str) -> Iterator[tuple[str, dict]]:
+  """(origin, object) per record of a .jsonl or .parquet file of `what` records ("edit", "question"); a line that
+  is not a JSON object is a DataError naming it."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{what} file {path!r} does not exist")
+  if path.endswith(".parquet"):
+    import pyarrow.parquet as pq
+    for i, d in enumerate(pq.read_table(path).to_pylist()):
+      yield f"{path}: row {i}", d
+  elif path.endswith(".jsonl"):
+    with open(path, encoding="utf-8") as f:
+      for n, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        try:
+          d = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise DataError(f"{path}:{n}: not JSON ({e.msg})") from None
+        if not isinstance(d, dict):
+          raise DataError(f"{path}:{n}: expected a JSON object")
+        yield f"{path}:{n}", d
+  else:
+    raise DataError(f"{what} file {path!r}: expected .jsonl or .parquet")
 
 
 def _field(d: dict, names: tuple[str, ...], origin: str):

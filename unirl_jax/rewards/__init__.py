@@ -13,22 +13,24 @@ import numpy as np
 class RewardInputs:
   """What the rewards of one GRPO step receive, one entry per row (host side, group-major)."""
 
-  images: np.ndarray  # (N, H, W, 3) uint8: the final images
+  images: Optional[np.ndarray]  # (N, H, W, 3) uint8: the final images (None: a task without images, reasoning)
   prompts: list  # the caption (or question) of each row
   completions: Optional[list] = None  # the LM's completion of each row (CoT, reasoning)
   metadata: Optional[list] = None  # each row's prompt-record fields (GenEval tag/include, answers, captions)
   sources: Optional[np.ndarray] = None  # (N, H, W, 3) uint8: an edit's source image
   reconstructions: Optional[np.ndarray] = None  # (N, H, W, 3) uint8: the reverse edit of the edited image
+  completion_lengths: Optional[np.ndarray] = None  # (N,) int: each completion's tokens (up to its EOS)
+  completion_budget: Optional[int] = None  # the completions' token cap (lm.max_new_tokens); not per row
 
   def __post_init__(self):
-    n = len(self.images)
+    n = len(self.prompts)
     for f in dataclasses.fields(self):
       v = getattr(self, f.name)
-      if v is not None and len(v) != n:
-        raise ValueError(f"reward inputs: {f.name} has {len(v)} rows, images has {n}")
+      if f.name != "completion_budget" and v is not None and len(v) != n:
+        raise ValueError(f"reward inputs: {f.name} has {len(v)} rows, prompts has {n}")
 
   def __len__(self) -> int:
-    return len(self.images)
+    return len(self.prompts)
 
   def need(self, field: str, reward: str) -> Any:
     """The field's value, or an error naming the reward that needs it."""
@@ -53,7 +55,7 @@ def register(name: str):
 
 def get(name: str, extra: Optional[dict] = None) -> RewardFn:
   """The reward called `name`: from `extra` (a run's remote rewards) or the registry."""
-  from unirl_jax.rewards import format as _format, jpeg, shapes  # noqa: F401  (register)
+  from unirl_jax.rewards import format as _format, jpeg, reasoning, shapes  # noqa: F401  (register)
   if extra and name in extra:
     return extra[name]
   if name not in REGISTRY:

@@ -1,8 +1,9 @@
 """Rewards computed by a service: JSON over HTTP, never pickle (the original posts pickled JPEGs).
 
 Request (POST, application/json): {"images": [base64 PNG, ...], "prompts": [...], and when the task has them
-"completions", "metadata", "sources", "reconstructions" (images as base64 PNG)}. Reply: {"scores": [one finite
-number per image], "details": optional list}. `python -m unirl_jax.rewards.serve` serves any registered reward
+"completions", "metadata", "sources", "reconstructions" (images as base64 PNG), "completion_lengths",
+"completion_budget"}; a task without images (reasoning) sends no "images". Reply: {"scores": [one finite number
+per row], "details": optional list}. `python -m unirl_jax.rewards.serve` serves any registered reward
 with this protocol; PickScore / HPS / UnifiedReward / GenEval servers on other machines plug in the same way.
 """
 
@@ -24,7 +25,7 @@ from PIL import Image
 from unirl_jax.rewards import RewardInputs
 
 IMAGE_FIELDS = ("images", "sources", "reconstructions")
-LIST_FIELDS = ("prompts", "completions", "metadata")
+LIST_FIELDS = ("prompts", "completions", "metadata", "completion_lengths")
 
 
 class RemoteRewardError(RuntimeError):
@@ -50,14 +51,16 @@ def to_request(inputs: RewardInputs) -> dict:
   for f in LIST_FIELDS:
     v = getattr(inputs, f)
     if v is not None:
-      out[f] = list(v)
+      out[f] = [x.item() if isinstance(x, np.generic) else x for x in v]
+  if inputs.completion_budget is not None:
+    out["completion_budget"] = int(inputs.completion_budget)
   return out
 
 
 def from_request(body: dict) -> RewardInputs:
   """The server side of `to_request`; a missing or malformed field is a ValueError naming it."""
-  if not isinstance(body, dict) or not isinstance(body.get("images"), list) or not body["images"]:
-    raise ValueError("request needs a non-empty list 'images' of base64 PNGs")
+  if not isinstance(body, dict) or not any(isinstance(body.get(f), list) and body[f] for f in ("images", "prompts")):
+    raise ValueError("request needs a non-empty list 'images' of base64 PNGs or 'prompts' of strings")
   kw = {}
   for f in IMAGE_FIELDS:
     if body.get(f) is not None:
@@ -70,7 +73,11 @@ def from_request(body: dict) -> RewardInputs:
       if not isinstance(body[f], list):
         raise ValueError(f"request field {f!r} must be a list")
       kw[f] = body[f]
-  kw.setdefault("prompts", [""] * len(kw["images"]))
+  if body.get("completion_budget") is not None:
+    kw["completion_budget"] = body["completion_budget"]
+  kw.setdefault("images", None)
+  if "prompts" not in kw:
+    kw["prompts"] = [""] * len(kw["images"])
   return RewardInputs(**kw)
 
 
@@ -118,7 +125,7 @@ class RemoteReward:
     if not isinstance(scores, list):
       raise RemoteRewardError(f"reward server {self.url} reply has no 'scores' list: {str(reply)[:200]}")
     if len(scores) != n:
-      raise RemoteRewardError(f"reward server {self.url} returned {len(scores)} scores for {n} images")
+      raise RemoteRewardError(f"reward server {self.url} returned {len(scores)} scores for {n} rows")
     bad = [i for i, s in enumerate(scores)
            if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s)]
     if bad:

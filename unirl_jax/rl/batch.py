@@ -41,6 +41,7 @@ class Completions:
   prompt_mask: jax.Array  # (B, P) int32
   tokens: jax.Array  # (B, N) int32, pad after EOS
   mask: jax.Array  # (B, N) float32: tokens up to and including the first EOS
+  pixel_values: Optional[jax.Array] = None  # (B, patches, C·T·P·P): the prompt's image (one per row), or None
 
 
 @struct.dataclass

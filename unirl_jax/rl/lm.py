@@ -4,6 +4,7 @@ completion, and the loss as a sum over rows (a task's loss part) for exact micro
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -58,6 +59,7 @@ class LMLoss:
 
   lm: qwen2_5_vl.Qwen2_5_VL
   lc: LMConfig
+  grid: Optional[tuple[int, int, int]] = None  # the (t, h, w) patch grid every row's prompt image shares
 
   def denominator(self, exp: Experience):
     m = exp.lm.mask.astype(jnp.float32)
@@ -67,9 +69,12 @@ class LMLoss:
 
   def loss_sum(self, params, ref_params, exp: Experience) -> tuple[jax.Array, dict]:
     c, lc = exp.lm, self.lc
-    lp = completion_log_probs(self.lm, params["lm"], c.prompt_ids, c.prompt_mask, c.tokens, c.mask)
+    image = ()
+    if c.pixel_values is not None:  # one image per row: flatten the patches, one grid per row
+      image = (c.pixel_values.reshape(-1, c.pixel_values.shape[-1]), (self.grid,) * c.tokens.shape[0])
+    lp = completion_log_probs(self.lm, params["lm"], c.prompt_ids, c.prompt_mask, c.tokens, c.mask, *image)
     ref = jax.lax.stop_gradient(completion_log_probs(self.lm, ref_params["lm"], c.prompt_ids, c.prompt_mask,
-                                                     c.tokens, c.mask))
+                                                     c.tokens, c.mask, *image))
     s, _ = lm_loss(lp, jax.lax.stop_gradient(lp), ref, exp.advantages, c.mask, lc.beta, lc.clip_eps, lc.aggregation,
                    c.tokens.shape[1])
     m = c.mask.astype(jnp.float32)

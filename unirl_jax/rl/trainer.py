@@ -98,8 +98,10 @@ class GRPOTrainer(Trainer):
 
   def _samples(self, step: int, roll, log) -> None:
     path = os.path.join(self.workdir, "samples", f"step_{step:06d}.png")
-    grid = save_grid(*self.task.sample_grid(roll), path)
-    log.image("samples", step, open(path, "rb").read(), *grid.shape[:2])
+    images = self.task.sample_grid(roll)
+    if images is not None:
+      grid = save_grid(*images, path)
+      log.image("samples", step, open(path, "rb").read(), *grid.shape[:2])
     if roll.samples:
       with open(path[:-4] + ".json", "w") as f:
         json.dump(roll.samples, f, indent=1)

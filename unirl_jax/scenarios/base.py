@@ -51,8 +51,8 @@ class Task:
     """The step's rollouts from the current policy (`engine.state["trainable"]` + `engine.frozen`)."""
     raise NotImplementedError
 
-  def sample_grid(self, rollout: Rollout) -> tuple[np.ndarray, int]:
-    """The images of the step's sample grid and its number of columns (a group per row)."""
+  def sample_grid(self, rollout: Rollout) -> tuple[np.ndarray, int] | None:
+    """The images of the step's sample grid and its number of columns (a group per row); None: no images."""
     return rollout.rewards.images, self.engine.config.group_size
 
 
