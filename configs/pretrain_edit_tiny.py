@@ -16,7 +16,8 @@ def get_config():
   c.model.vae_fit_steps = 0  # the GenEval cold start's DC-AE already decodes shape scenes
   c.data.synthetic = "shape_edits"
   c.data.synthetic_n = 1024
-  c.data.edit_weight = 0.8  # the reference branch starts at zero and is what editing needs: most batches edit
+  # the reference branch starts at zero and is what editing needs: most batches edit
+  c.data.task_weights = {"edit": 0.8, "t2i": 0.2}
   c.train.total_steps = 5000
   c.train.log_every = 500
   c.train.trainable = ("dit", "connector", "i2i_queries")

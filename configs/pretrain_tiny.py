@@ -25,7 +25,7 @@ def get_config():
   c.data.vit_size = 56  # 4x4 patches -> 4 LM tokens for editing prompts
   c.data.max_text_len = 64
   c.data.batch_size = 8
-  c.data.edit_weight = -1.0  # < 0: proportional to the record counts
+  c.data.task_weights = {}  # empty: proportional to the record counts
   c.data.skip_bad = False
 
   c.optim = ml_collections.ConfigDict()

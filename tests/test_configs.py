@@ -78,3 +78,13 @@ def test_real_size_grpo_settings_are_the_originals():
   assert (cot.optim.lr, dict(cot.optim.group_lr), cot.lm.beta, cot.lm.top_k, cot.lm.max_new_tokens) == (
       3e-6, {"lm": 5e-7}, 0.01, 50, 512)
   assert cot.lm.cond_padding == "right"
+
+
+def test_real_size_reasoning_settings():
+  from configs import reason_mm_unirl_zero, reason_text_unirl_zero
+  for mod, new in ((reason_text_unirl_zero, 1024), (reason_mm_unirl_zero, 512)):
+    c = run_config.load(mod.get_config())
+    assert c.task == "reason" and c.train.trainable == ("lm/language_model",)
+    assert (c.group_size, c.lm.temperature, c.lm.top_k, c.lm.beta, c.lm.max_new_tokens) == (8, 1.0, 50, 0.01, new)
+    assert c.lm.aggregation == "seq_mean_token_mean" and c.optim.lr == 1e-6
+    assert {t.name for t in c.reward} == {"think_format", "accuracy"} and c.reason.vit_size == 448

@@ -127,14 +127,15 @@ def test_prompt_formats():
   assert "folllowing instruction: blue." in prompts.edit("blue", pretrain=True)
 
 
-def test_edit_weight_one_or_zero_keeps_one_task_and_a_bad_one_is_named(dataset, tok):
+def test_task_weights_keep_one_task_and_bad_ones_are_named(dataset, tok):
   recs, _ = records.read_sources([dataset])
   pre = pipeline.Preprocessor(tok, pipeline.ImageSpec(32, 56), 64, 151643)
-  for w, task in ((1.0, "edit"), (0.0, "t2i")):
-    it = iter(pipeline.make_dataset(recs, pre, batch_size=4, seed=0, edit_weight=w).to_iter_dataset())
+  for w, task in (({"edit": 1.0}, "edit"), ({"edit": 0.0, "t2i": 1.0}, "t2i")):
+    it = iter(pipeline.make_dataset(recs, pre, batch_size=4, seed=0, weights=w).to_iter_dataset())
     assert {next(it).task for _ in range(4)} == {task}
-  with pytest.raises(ValueError, match=r"data.edit_weight 1.5 not in \[0, 1\]"):
-    pipeline.make_dataset(recs, pre, batch_size=4, seed=0, edit_weight=1.5)
+  for bad in ({"edit": -1.0}, {"edits": 1.0}, {"t2i": 0.0}):
+    with pytest.raises(ValueError, match=r"data.task_weights .*: give shares >= 0 \(not all 0\) of"):
+      pipeline.make_dataset(recs, pre, batch_size=4, seed=0, weights=bad)
   t2i_only = [r for r in recs if isinstance(r, records.T2IRecord)]
-  with pytest.raises(ValueError, match=r"data.edit_weight 1.0 leaves no records: .* 0 edit records"):
-    pipeline.make_dataset(t2i_only, pre, batch_size=4, seed=0, edit_weight=1.0)
+  with pytest.raises(ValueError, match=r"data.task_weights \{'edit': 1.0\} leaves no records: .*'t2i': "):
+    pipeline.make_dataset(t2i_only, pre, batch_size=4, seed=0, weights={"edit": 1.0})

@@ -134,3 +134,30 @@ def test_mixed_image_and_text_questions_and_dm_training_are_refused(tmp_path):
   c.train.trainable = ("lm/language_model", "dit")
   with pytest.raises(ValueError, match="task reason trains the LM only"):
     GRPOTrainer(c, str(tmp_path / "w2"))
+
+
+@pytest.mark.parametrize("run", ["shapes"], indirect=True)  # image questions: the longer path
+def test_reasoning_eval_scores_its_own_completions(run, tmp_path, capsys):
+  from unirl_jax import eval as eval_lib
+  kind, t, _, _, wd, data = run
+  out = str(tmp_path / "ev")
+  argv = ["--benchmark", "reasoning", "--ckpt", wd, "--data", f"{data}/eval_questions.jsonl", "--out", out,
+          "--seeds", "2", "--max-new-tokens", "6", "--batch", "4", "--vit-size", "28"]
+  assert eval_lib.main(argv) == 0
+  res = json.load(open(os.path.join(out, "results.json")))
+  rows = [json.loads(x) for x in open(os.path.join(out, "completions.jsonl"))]
+  assert res["questions"] == len(rows) == 4 and res["k"] == 2
+  # the summary is the rewards of the saved completions
+  x = lambda texts, k: rewards.RewardInputs(None, ["q"] * len(texts), texts,
+                                            [{"answer": r["answer"]} for r in rows for _ in range(k)])
+  greedy = [r["greedy"] for r in rows]
+  samples = [s for r in rows for s in r["samples"]]
+  assert res["overall"]["pass@1"] == pytest.approx(rewards.get("accuracy")(x(greedy, 1)).mean())
+  assert res["overall"]["format@k"] == pytest.approx(rewards.get("think_format")(x(samples, 2)).mean())
+  assert sum(v["n"] for v in res["kinds"].values()) == 4
+  # greedy is deterministic: a second run writes the same completions
+  i = argv.index("--out")
+  assert eval_lib.main(argv[:i] + ["--out", out + "2"] + argv[i + 2:]) == 0
+  assert [json.loads(x)["greedy"] for x in open(os.path.join(out + "2", "completions.jsonl"))] == greedy
+  assert eval_lib.main(argv + ["--temperature", "0"]) == 2
+  assert "--temperature must be > 0" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """`python -m unirl_jax.eval --ckpt DIR --benchmark geneval --prompts FILE.jsonl [--seeds 4] [--out DIR]`
-(editing: `--benchmark edit --data EDITS.jsonl --clip CLIP_DIR`, unirl_jax.eval_edit).
+(editing: `--benchmark edit --data EDITS.jsonl --clip CLIP_DIR`, unirl_jax.eval_edit; reasoning:
+`--benchmark reasoning --data QUESTIONS.jsonl [--seeds K]`, unirl_jax.eval_reason).
 
 GenEval on a unified checkpoint: every prompt record (GenEval metadata: tag, include, exclude) generated with
 `--seeds` seeds as `python -m unirl_jax.generate` does, scored from the built-in shapes detector's detections
@@ -19,7 +20,7 @@ import time
 
 import numpy as np
 
-BENCHMARKS = ("geneval", "edit")
+BENCHMARKS = ("geneval", "edit", "reasoning")
 
 
 def parse_args(argv=None):
@@ -28,14 +29,16 @@ def parse_args(argv=None):
   p.add_argument("--benchmark", choices=BENCHMARKS, default="geneval")
   p.add_argument("--prompts", "--data", dest="prompts", required=True,
                  help="geneval: JSONL of GenEval records (python -m unirl_jax.data.shapes); edit: edit records "
-                      "(.jsonl/.parquet, python -m unirl_jax.data.shape_edits)")
+                      "(.jsonl/.parquet, python -m unirl_jax.data.shape_edits); reasoning: question records "
+                      "(.jsonl/.parquet, python -m unirl_jax.data.synthetic_questions)")
   p.add_argument("--out", required=True, help="directory for results.json, images.jsonl and the images")
-  p.add_argument("--seeds", type=int, default=4, help="images per prompt")
+  p.add_argument("--seeds", type=int, default=4, help="images per prompt (reasoning: K sampled completions)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--steps", type=int, default=20)
   p.add_argument("--cfg", type=float, help="text guidance (default: geneval 3.5, edit 3.0 as the RL rollout)")
   p.add_argument("--ref-cfg", type=float, help="edit: reference guidance (default 1.0, as the RL rollout)")
-  p.add_argument("--vit-size", type=int, default=56, help="edit: the side the LM sees the source at (UniRL: 672)")
+  p.add_argument("--vit-size", type=int, default=56,
+                 help="edit: the side the LM sees the source at (UniRL: 672); reasoning: an image question's")
   p.add_argument("--literal-vision-end", action="store_true",
                  help="edit: the original RL prompt's `<vision_end>` as text (a checkpoint trained with it)")
   p.add_argument("--clip", help="edit: the CLIP dir scoring direction and cycle (python -m convert clip, or "
@@ -43,6 +46,14 @@ def parse_args(argv=None):
   p.add_argument("--shift", type=float, default=3.0)
   p.add_argument("--batch", type=int, default=8, help="prompts per sampler call")
   p.add_argument("--size", type=int, help="image side (default: the DiT's sample size)")
+  from unirl_jax.data import prompts as prompt_lib
+  r = p.add_argument_group("reasoning")
+  r.add_argument("--max-new-tokens", type=int, default=256)
+  r.add_argument("--temperature", type=float, default=1.0, help="the K samples' (pass@1 is greedy)")
+  r.add_argument("--top-k", type=int, default=50)
+  r.add_argument("--top-p", type=float, default=1.0)
+  r.add_argument("--template", default=prompt_lib.REASON, help="the user turn; {question} is the question")
+  r.add_argument("--system", default=prompt_lib.SYSTEM)
   return p.parse_args(argv)
 
 
@@ -58,9 +69,11 @@ def summarize(rows: list[dict]) -> dict:
   return {"tags": tags, "overall": overall, "images": len(rows)}
 
 
-def write_results(out: str, rows: list[dict], summary: dict) -> None:
-  """OUT/images.jsonl (one row per image) and OUT/results.json (the summary), for every benchmark."""
-  with open(os.path.join(out, "images.jsonl"), "w") as fh:
+def write_results(out: str, rows: list[dict], summary: dict, rows_file: str = "images.jsonl") -> None:
+  """OUT/images.jsonl (one row per image; reasoning: completions.jsonl, one per question) and OUT/results.json
+  (the summary), for every benchmark."""
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, rows_file), "w") as fh:
     fh.writelines(json.dumps(r) + "\n" for r in rows)
   with open(os.path.join(out, "results.json"), "w") as fh:
     json.dump(summary, fh, indent=1)
@@ -70,14 +83,15 @@ def main(argv=None) -> int:
   a = parse_args(argv)
   if a.benchmark == "geneval":
     return geneval_main(a)
-  from unirl_jax import eval_edit, generate
+  from unirl_jax import eval_edit, eval_reason, generate
+  bench = eval_edit if a.benchmark == "edit" else eval_reason
   try:
     a.ckpt = generate.resolve_ckpt(a.ckpt)
-    job = eval_edit.prepare(a)
+    job = bench.prepare(a)
   except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  return eval_edit.run(a, *job)
+  return bench.run(a, *job)
 
 
 def geneval_main(a) -> int:

@@ -1,8 +1,10 @@
-"""Flow-matching pretraining (cold start) of the unified model, docs/algorithms.md §5.
+"""Pretraining (cold start) of the unified model, docs/algorithms.md §5: flow matching on text-to-image and edit
+batches, and LM supervision on chat batches (cross-entropy on the assistant tokens: the supervised stage before
+the reasoning, CoT and reflection scenarios).
 
 x_σ = (1−σ)·x₀ + σ·ε with σ ~ sigmoid(N(0, 1)) and no shift; target ε − x₀; MSE over all elements in fp32.
 Condition dropout per sample: text, reference, or both zeroed with probability p each. Trainable: DiT,
-connector and queries; LM, ViT and VAE frozen (gradients still flow through the LM to the queries).
+connector and queries by default; LM, ViT and VAE frozen (gradients still flow through the LM to the queries).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from unirl_jax.data import pipeline as data_pipeline
 from unirl_jax.data.pipeline import PretrainBatch
 from unirl_jax.data import records as records_lib
 from unirl_jax.models import unified
+from unirl_jax.rl.lm import sequence_log_probs
 from unirl_jax.trainer import Hook, Trainer
 
 
@@ -55,6 +58,19 @@ def flow_matching_loss(model: unified.UnifiedModel, params: dict, batch: Pretrai
   v = model.velocity(params, x_t.astype(cond.dtype), cond, sigma * 1000.0, ref_latents=ref.astype(cond.dtype))
   loss = jnp.mean((v.astype(jnp.float32) - target) ** 2)
   return loss, {"sigma_mean": sigma.mean()}
+
+
+def lm_supervised_loss(lm, lm_params, batch: PretrainBatch, vit_grid: Optional[tuple] = None) -> tuple[jax.Array,
+                                                                                                         dict]:
+  """Mean cross-entropy of the target tokens (`batch.target_mask`) given their prefix, over all target tokens of
+  the batch (transformers' loss with labels -100 elsewhere); an image (`batch.pixel_values`, one per row at
+  `vit_grid`) goes through the vision tower."""
+  b = batch.input_ids.shape[0]
+  grid = None if batch.pixel_values is None else tuple(tuple(vit_grid) for _ in range(b))
+  logp = sequence_log_probs(lm, lm_params, batch.input_ids, batch.attention_mask, batch.pixel_values, grid)
+  m = batch.target_mask[:, 1:].astype(jnp.float32)
+  n = jnp.sum(m)
+  return -jnp.sum(logp * m) / jnp.maximum(n, 1.0), {"target_tokens": n}
 
 
 class Pretrainer(Trainer):
@@ -102,35 +118,39 @@ class Pretrainer(Trainer):
     if d.image_size % f:
       raise ValueError(f"data.image_size {d.image_size} is not a multiple of the VAE compression {f}")
     pre = data_pipeline.Preprocessor(self.tok, self.image_spec, d.max_text_len, lm.pad_token_id)
-    ew = None if d.edit_weight < 0 else d.edit_weight
-    return data_pipeline.make_dataset(records, pre, d.batch_size, self.config.seed, ew)
+    return data_pipeline.make_dataset(records, pre, d.batch_size, self.config.seed, dict(d.task_weights) or None)
 
   # ---- the step ---------------------------------------------------------------------------------
 
   def _step_fn(self, batch: PretrainBatch):
-    edit = batch.edit
-    if edit in self._steps:
-      return self._steps[edit]
+    key = (batch.task, batch.pixel_values is not None)
+    if key in self._steps:
+      return self._steps[key]
     model, lc, tx = self.model, self.config.loss, self.tx
-    grid = self.image_spec.vit_grid if edit else None
+    has_image = batch.pixel_values is not None
+    grid = self.image_spec.vit_grid if has_image else None
     seed = self.config.seed
+    chat = batch.task == "chat"
 
     def step(state, frozen, batch):
       rng = jax.random.fold_in(jax.random.PRNGKey(seed), state["step"])
-      loss_fn = lambda tr: flow_matching_loss(model, train_state.merge(tr, frozen), batch, rng, lc, grid)
+      if chat:
+        loss_fn = lambda tr: lm_supervised_loss(model.lm, train_state.merge(tr, frozen)["lm"], batch, grid)
+      else:
+        loss_fn = lambda tr: flow_matching_loss(model, train_state.merge(tr, frozen), batch, rng, lc, grid)
       (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["trainable"])
       state, g = train_state.apply_gradients(tx, state, loss, grads)
       return state, {"loss": loss, **g, **aux}
 
-    # Images and prompts split over the batch axes; the ViT patches of an edit batch stay whole (the vision
-    # tower's window layout is per image, not per row).
+    # Images and prompts split over the batch axes; the ViT patches stay whole (the vision tower's window layout
+    # is per image, not per row).
     batch_sh = jax.tree.map(lambda v: sharding.batch_sharding(self.mesh, np.ndim(v)), batch)
-    batch_sh = batch_sh.replace(pixel_values=self.replicated) if edit else batch_sh
+    batch_sh = batch_sh.replace(pixel_values=self.replicated) if has_image else batch_sh
     frozen_sh = jax.tree.map(lambda x: x.sharding, self.frozen)
     fn = jax.jit(step, donate_argnums=(0,), in_shardings=(self.state_shardings, frozen_sh, batch_sh),
                  out_shardings=(self.state_shardings, self.replicated))
-    self._steps[edit] = (fn, batch_sh)
-    return self._steps[edit]
+    self._steps[key] = (fn, batch_sh)
+    return self._steps[key]
 
   def train_step(self, batch: PretrainBatch) -> dict:
     fn, batch_sh = self._step_fn(batch)

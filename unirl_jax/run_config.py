@@ -235,10 +235,13 @@ class DataSettings:
   vit_size: int = 56  # the source image as the LM sees it (UniRL: 672 -> 576 tokens)
   max_text_len: int = 64  # prompt tokens (longer ones are truncated, as the original)
   batch_size: int = 8
-  edit_weight: float = -1.0  # share of editing batches; < 0: proportional to the record counts
+  # Share of batches per task, {"t2i": 0.2, "edit": 0.8, "chat": ...}; a task left out is not read; empty: the
+  # record counts' shares. Every batch holds one task (each compiles once).
+  task_weights: Mapping[str, float] = dataclasses.field(default_factory=dict)
   skip_bad: bool = False  # skip (and count) bad records instead of stopping with file:line
 
   def __post_init__(self):
+    object.__setattr__(self, "task_weights", types.MappingProxyType(dict(self.task_weights)))
     if self.synthetic not in ("shapes", "geneval_scenes", "shape_edits"):
       raise ConfigError(f"data.synthetic {self.synthetic!r} not one of 'shapes', 'geneval_scenes', 'shape_edits'")
 

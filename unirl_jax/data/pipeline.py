@@ -1,7 +1,7 @@
-"""grain pipelines for flow-matching pretraining: records -> tokenised prompts + images -> fixed-shape batches.
+"""grain pipelines for pretraining: records -> tokenised prompts + images -> fixed-shape batches.
 
-Text-to-image and editing records form two streams, each shuffled, repeated and batched on its own (every
-batch has one task, so each task compiles once), then interleaved by weight. The iterator's `get_state` /
+Text-to-image, editing and chat (LM supervision) records form one stream per task, each shuffled, repeated and
+batched on its own (every batch has one task, so each task compiles once), then interleaved by weight. The iterator's `get_state` /
 `set_state` make a resumed run read exactly what an unbroken one would have.
 """
 
@@ -17,7 +17,9 @@ from flax import struct
 from PIL import Image
 
 from unirl_jax.data import prompts
-from unirl_jax.data.records import EditRecord, Record, T2IRecord, open_image
+from unirl_jax.data.records import ChatRecord, DataError, EditRecord, Record, T2IRecord, open_image
+
+TASKS = ("t2i", "edit", "chat")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,22 +41,25 @@ class ImageSpec:
 
 @struct.dataclass
 class PretrainBatch:
-  """One pretraining batch, a single task: text-to-image rows, or edit rows that add the source image (for the
-  ViT and the DiT's reference latents). Leaves are numpy arrays from the pipeline, jax arrays in the step."""
+  """One pretraining batch, a single task: text-to-image rows, edit rows that add the source image (for the
+  ViT and the DiT's reference latents), or chat rows (LM supervision: `target_mask` marks the assistant tokens;
+  an image, when the records have one, in `pixel_values`). Leaves are numpy arrays from the pipeline, jax arrays
+  in the step."""
 
-  input_ids: jax.Array  # (B, T) left-padded prompt ids
+  input_ids: jax.Array  # (B, T) left-padded prompt ids (chat: the whole dialogue)
   attention_mask: jax.Array  # (B, T)
-  images: jax.Array  # (B, H, W, 3) targets in [-1, 1]
-  pixel_values: Optional[jax.Array] = None  # (B * patches, C*T*P*P) ViT patches of the sources (edit)
+  images: Optional[jax.Array] = None  # (B, H, W, 3) targets in [-1, 1] (t2i, edit)
+  pixel_values: Optional[jax.Array] = None  # (B * patches, C*T*P*P) ViT patches of the sources (edit, chat)
   src_images: Optional[jax.Array] = None  # (B, H, W, 3) sources in [-1, 1] (edit)
-
-  @property
-  def edit(self) -> bool:
-    return self.pixel_values is not None
+  target_mask: Optional[jax.Array] = None  # (B, T) 1 on the tokens the LM learns to predict (chat)
 
   @property
   def task(self) -> str:
-    return "edit" if self.edit else "t2i"
+    return "chat" if self.target_mask is not None else "edit" if self.pixel_values is not None else "t2i"
+
+  @property
+  def edit(self) -> bool:
+    return self.task == "edit"
 
 
 def square(img: Image.Image, size: int) -> Image.Image:
@@ -114,8 +119,42 @@ class Preprocessor:
     out[self.max_len - n:], mask[self.max_len - n:] = ids, 1  # left padding
     return out, mask
 
+  def chat(self, rec: ChatRecord) -> dict:
+    """The dialogue in Qwen's chat template (the default system turn unless it has one), left-padded to
+    max_text_len; the targets are each assistant turn's tokens and its `<|im_end|>`."""
+    turns = list(rec.messages)
+    if turns[0][0] != "system":
+      turns.insert(0, ("system", prompts.SYSTEM))
+    pieces, image_done = [], rec.image is None
+    for role, content in turns:
+      if role == "user" and not image_done:
+        content = prompts.IMAGE_BLOCK.replace("<|image_pad|>", "<|image_pad|>" * self.spec.vit_tokens) + content
+        image_done = True
+      if role == "assistant":
+        pieces += [("<|im_start|>assistant\n", 0), (content + "<|im_end|>", 1), ("\n", 0)]
+      else:
+        pieces.append((f"<|im_start|>{role}\n{content}<|im_end|>\n", 0))
+    ids, target = [], []
+    for text, is_target in pieces:
+      t = self.tok(text, add_special_tokens=False)["input_ids"]
+      ids += t
+      target += [is_target] * len(t)
+    n = len(ids)
+    if n > self.max_len:
+      raise DataError(f"{rec.origin}: the dialogue has {n} tokens, more than data.max_text_len={self.max_len}")
+    out = {"input_ids": np.full((self.max_len,), self.pad_id, np.int32), "attention_mask":
+           np.zeros((self.max_len,), np.int32), "target_mask": np.zeros((self.max_len,), np.int32)}
+    for k, v in (("input_ids", ids), ("attention_mask", [1] * n), ("target_mask", target)):
+      out[k][self.max_len - n:] = v  # left padding
+    if rec.image is not None:
+      img = square(open_image(rec.image, rec.origin), self.spec.vit_size)
+      out["pixel_values"] = np.asarray(self.vit(images=[img], return_tensors="np")["pixel_values"], np.float32)
+    return out
+
   def __call__(self, rec: Record) -> dict:
     size = self.spec.size
+    if isinstance(rec, ChatRecord):
+      return self.chat(rec)
     if isinstance(rec, T2IRecord):
       ids, mask = self._ids(prompts.t2i(rec.caption, pretrain=True))
       return {"input_ids": ids, "attention_mask": mask, "images": to_unit_range(square(open_image(rec.image, rec.origin),
@@ -140,25 +179,38 @@ def _stack(examples) -> PretrainBatch:
   return PretrainBatch(**out)
 
 
+def task_of(rec: Record) -> str:
+  return "chat" if isinstance(rec, ChatRecord) else "edit" if isinstance(rec, EditRecord) else "t2i"
+
+
 def make_dataset(records: list[Record], pre: Preprocessor, batch_size: int, seed: int,
-                 edit_weight: Optional[float] = None) -> grain.MapDataset:
-  """An infinite, deterministic MapDataset of batches; `edit_weight` (default: the edit records' share)."""
-  by_task = {"t2i": [r for r in records if isinstance(r, T2IRecord)],
-             "edit": [r for r in records if isinstance(r, EditRecord)]}
-  if edit_weight is not None and not 0 <= edit_weight <= 1:
-    raise ValueError(f"data.edit_weight {edit_weight} not in [0, 1] (or < 0 in the config: by record count)")
-  streams, weights = [], []
-  for i, (task, recs) in enumerate(by_task.items()):
-    share = None if edit_weight is None else (edit_weight if task == "edit" else 1 - edit_weight)
-    if not recs or share == 0:  # data.edit_weight 1 or 0: one task only
+                 weights: Optional[dict] = None) -> grain.MapDataset:
+  """An infinite, deterministic MapDataset of one-task batches, the tasks interleaved by `weights`
+  ({task: share}, e.g. {"edit": 0.8, "t2i": 0.2}; a task left out or at 0 is not read; default: the record
+  counts' shares). A chat stream with images and one without are two streams (one compile each)."""
+  by_task = {}
+  for r in records:
+    key = task_of(r) + ("+image" if isinstance(r, ChatRecord) and r.image is not None else "")
+    by_task.setdefault(key, []).append(r)
+  if weights is not None:
+    unknown = set(weights) - set(TASKS)
+    if unknown or any(not 0 <= w for w in weights.values()) or not sum(weights.values()) > 0:
+      raise ValueError(f"data.task_weights {dict(weights)}: give shares >= 0 (not all 0) of {TASKS}")
+  streams, shares = [], []
+  order = lambda kv: (TASKS.index(kv[0].split("+")[0]), kv[0])  # t2i, edit, chat: the streams' seeds stay put
+  for i, (key, recs) in enumerate(sorted(by_task.items(), key=order)):
+    task = key.split("+")[0]
+    share = len(recs) / len(records) if weights is None else weights.get(task, 0.0) * len(recs) / sum(
+        len(v) for k, v in by_task.items() if k.split("+")[0] == task)
+    if share == 0:  # a task weighted 0 (or left out of the weights) is not read
       continue
     if len(recs) < batch_size:
-      raise ValueError(f"{len(recs)} {task} records are fewer than batch_size {batch_size}")
+      raise ValueError(f"{len(recs)} {key} records are fewer than batch_size {batch_size}")
     ds = (grain.MapDataset.source(recs).shuffle(seed=seed + i).repeat().map(pre)
           .batch(batch_size, drop_remainder=True, batch_fn=_stack))
     streams.append(ds)
-    weights.append(len(recs) / len(records) if share is None else share)
+    shares.append(share)
   if not streams:
-    raise ValueError(f"data.edit_weight {edit_weight} leaves no records: the sources hold "
-                     f"{len(by_task['t2i'])} text-to-image and {len(by_task['edit'])} edit records")
-  return streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, weights=weights)
+    counts = {k: len(v) for k, v in sorted(by_task.items())}
+    raise ValueError(f"data.task_weights {dict(weights or {})} leaves no records: the sources hold {counts}")
+  return streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, weights=shares)

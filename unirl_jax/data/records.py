@@ -40,7 +40,18 @@ class EditRecord:
   origin: str
 
 
-Record = Union[T2IRecord, EditRecord]
+@dataclasses.dataclass(frozen=True)
+class ChatRecord:
+  """LM supervision: a dialogue whose assistant turns are the targets, with an optional image shown before the
+  first user turn's text."""
+
+  messages: tuple  # ((role, content), ...), roles system / user / assistant
+  image: Optional[ImageRef]
+  origin: str
+
+
+Record = Union[T2IRecord, EditRecord, ChatRecord]
+ROLES = ("system", "user", "assistant")
 
 
 @dataclasses.dataclass
@@ -122,7 +133,23 @@ def _make(d: dict, kind: str, origin: str, base: str, check_images: bool) -> Rec
     src = image_field(_field(d, ("source", "src_img"), origin), origin, base, check_images)
     edited = image_field(_field(d, ("edited", "edited_img"), origin), origin, base, check_images)
     return EditRecord(str(instr), src, edited, origin)
-  raise DataError(f"{origin}: unknown record type {kind!r} (expected 't2i' or 'edit')")
+  if kind == "chat":
+    msgs = d.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+      raise DataError(f"{origin}: a chat record needs a non-empty list 'messages' of {{role, content}}")
+    out = []
+    for i, m in enumerate(msgs):
+      if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+        raise DataError(f"{origin}: messages[{i}] must be {{'role': one of {ROLES}, 'content': text}}, got {m!r}")
+      out.append((m["role"], m["content"]))
+    if not any(r == "assistant" for r, _ in out):
+      raise DataError(f"{origin}: a chat record needs an assistant message (the supervised tokens)")
+    if not any(r == "user" for r, _ in out):
+      raise DataError(f"{origin}: a chat record needs a user message")
+    image = d.get("image")
+    image = None if image is None else image_field(image, origin, base, check_images)
+    return ChatRecord(tuple(out), image, origin)
+  raise DataError(f"{origin}: unknown record type {kind!r} (expected 't2i', 'edit' or 'chat')")
 
 
 def _collect(rows: Iterable[tuple[str, callable]], skip_bad: bool, stats: ReadStats) -> list[Record]:

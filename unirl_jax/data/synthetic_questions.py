@@ -84,8 +84,7 @@ def questions(kind: str, n: int, seed: int) -> list[tuple[dict, tuple | None]]:
 def write(out: str, kind: str, n_train: int = 2048, n_eval: int = 128, size: int = 56, seed: int = 0,
           template: str = prompt_lib.REASON) -> dict:
   """The question files (train, held out) and the supervised chat records of the training questions."""
-  if kind == "shapes":
-    os.makedirs(os.path.join(out, "images"), exist_ok=True)
+  os.makedirs(os.path.join(out, "images") if kind == "shapes" else out, exist_ok=True)
   paths = {}
   for split, n, s in (("train", n_train, seed), ("eval", n_eval, seed + 1)):
     rows, sft = [], []

@@ -36,20 +36,28 @@ class LMConfig:
       raise ValueError(f"lm.cond_padding {self.cond_padding!r} not 'right' or 'left'")
 
 
-def completion_log_probs(lm: qwen2_5_vl.Qwen2_5_VL, lm_params, prompt_ids, prompt_mask, completion, comp_mask,
-                         pixel_values=None, image_grid_thw=None):
-  """(B, N) log π(completion token | prefix): full-vocabulary log-softmax of the logits one position earlier (the
-  t−1 offset), 3-D M-RoPE positions from the mask as the sampler's; image prompts go through the vision tower."""
-  ids = jnp.concatenate([prompt_ids, completion], axis=1)
-  mask = jnp.concatenate([prompt_mask.astype(jnp.int32), comp_mask.astype(jnp.int32)], axis=1)
+def sequence_log_probs(lm: qwen2_5_vl.Qwen2_5_VL, lm_params, ids, mask, pixel_values=None, image_grid_thw=None,
+                       start: int = 0):
+  """(B, T−1−start) log π(ids[:, t+1] | ids[:, :t+1]) for t >= start: full-vocabulary log-softmax of the logits
+  one position earlier, 3-D M-RoPE positions from the mask as the sampler's; images go through the vision tower.
+  Logits are computed from position `start` on only."""
   variables = {"params": lm_params}
+  mask = mask.astype(jnp.int32)
   pos = get_rope_index(ids, image_grid_thw, mask, lm.config)[0]
   embeds = lm.apply(variables, ids, pixel_values, image_grid_thw, method="embed")
   hidden, _ = lm.apply(variables, embeds, pos, mask, method="hidden_states")
-  t, n = prompt_ids.shape[1], completion.shape[1]
-  logits = lm.apply(variables, hidden[:, t - 1:t - 1 + n], method="logits").astype(jnp.float32)
+  logits = lm.apply(variables, hidden[:, start:-1], method="logits").astype(jnp.float32)
   logp = jax.nn.log_softmax(logits, axis=-1)
-  return jnp.take_along_axis(logp, completion[..., None], axis=-1)[..., 0]
+  return jnp.take_along_axis(logp, ids[:, start + 1:, None], axis=-1)[..., 0]
+
+
+def completion_log_probs(lm: qwen2_5_vl.Qwen2_5_VL, lm_params, prompt_ids, prompt_mask, completion, comp_mask,
+                         pixel_values=None, image_grid_thw=None):
+  """(B, N) log π(completion token | prefix) (`sequence_log_probs` over prompt + completion, from the prompt's
+  last position: the t−1 offset)."""
+  ids = jnp.concatenate([prompt_ids, completion], axis=1)
+  mask = jnp.concatenate([prompt_mask.astype(jnp.int32), comp_mask.astype(jnp.int32)], axis=1)
+  return sequence_log_probs(lm, lm_params, ids, mask, pixel_values, image_grid_thw, start=prompt_ids.shape[1] - 1)
 
 
 @dataclasses.dataclass(frozen=True)

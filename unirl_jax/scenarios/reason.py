@@ -21,6 +21,34 @@ from unirl_jax.scenarios.base import RewardInputs, Rollout, Task
 LM_GROUPS = ("lm", "lm/language_model", "lm/visual")
 
 
+def prompt_texts(recs, template: str, system: str, spec: ImageSpec | None) -> list[str]:
+  """The questions' chat prompts; with an image `spec`, the image block's pads expanded for spec.vit_size²."""
+  texts = [prompt_lib.reason(x.text, template, spec is not None, system) for x in recs]
+  if spec is not None:
+    texts = [t.replace("<|image_pad|>", "<|image_pad|>" * spec.vit_tokens) for t in texts]
+  return texts
+
+
+def question_prompts(tok, recs, template: str, system: str, spec: ImageSpec | None, max_len: int,
+                     setting: str | None = "max_text_len", pad: str = "max_len", multiple: int = 64):
+  """(ids, mask) of the questions' chat prompts (left-padded), and, with an image `spec`, each record's image as
+  ViT patches at spec.vit_size² (else None). Used by the task and by `eval --benchmark reasoning`."""
+  texts = prompt_texts(recs, template, system, spec)
+  pv = None
+  if spec is not None:
+    pv = vit_patches([open_image(x.metadata["image"], x.metadata["origin"]) for x in recs], spec,
+                     vit_processor(spec))
+  ids, mask = prompt_lib.encode(tok, texts, max_len, setting, pad, multiple)
+  return ids, mask, pv
+
+
+def decode(tok, tokens, mask) -> tuple[list[str], np.ndarray]:
+  """Sampled (B, N) tokens and their completion mask -> the texts (special tokens dropped) and token counts."""
+  tokens = np.asarray(tokens)
+  lengths = np.asarray(mask).sum(axis=1).astype(np.int32)
+  return tok.batch_decode([tokens[i, :lengths[i]] for i in range(len(tokens))], skip_special_tokens=True), lengths
+
+
 class Reasoning(Task):
   name = "reason"
 
@@ -53,7 +81,6 @@ class Reasoning(Task):
         raise ValueError(f"reason.vit_size {c.reason.vit_size} is not a multiple of "
                          f"{v.patch_size * v.spatial_merge_size} (the ViT's patch x merge)")
       self.spec = ImageSpec(c.image_size, c.reason.vit_size, v.patch_size, v.spatial_merge_size)
-      self.vit = vit_processor(self.spec)
       self.grid = self.spec.vit_grid
     lc = c.lm
     self.sampler = Sampler(model.lm, SamplingConfig(
@@ -64,17 +91,9 @@ class Reasoning(Task):
     return (lm.LMLoss(self.engine.model.lm, self.engine.config.lm, grid=self.grid),)
 
   def prompts(self, recs) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(ids, mask) of the questions' chat prompts, left-padded, and their images' ViT patches (or None)."""
-    e = self.engine
-    c = e.config
-    r = c.reason
-    texts = [prompt_lib.reason(x.text, r.template, self.with_image, r.system) for x in recs]
-    pv = None
-    if self.with_image:
-      texts = [t.replace("<|image_pad|>", "<|image_pad|>" * self.spec.vit_tokens) for t in texts]
-      pv = vit_patches([open_image(x.metadata["image"], x.metadata["origin"]) for x in recs], self.spec, self.vit)
-    ids, mask = prompt_lib.encode(e.tok, texts, c.max_text_len, "max_text_len", c.text_pad, c.text_pad_multiple)
-    return ids, mask, pv
+    c = self.engine.config
+    return question_prompts(self.engine.tok, recs, c.reason.template, c.reason.system, self.spec, c.max_text_len,
+                            "max_text_len", c.text_pad, c.text_pad_multiple)
 
   def complete(self, ids, mask, pv, rng) -> Completions:
     """One sampled completion per prompt row (on the mesh)."""
@@ -95,9 +114,7 @@ class Reasoning(Task):
     ids, mask, pv = self.prompts(recs)
     rep = lambda x: None if x is None else np.repeat(x, g, axis=0)
     comps = self.complete(rep(ids), rep(mask), rep(pv), rng)
-    tokens = np.asarray(comps.tokens)
-    lengths = np.asarray(comps.mask).sum(axis=1).astype(np.int32)
-    texts = e.tok.batch_decode([tokens[i, :lengths[i]] for i in range(len(tokens))], skip_special_tokens=True)
+    texts, lengths = decode(e.tok, comps.tokens, comps.mask)
     rows = lambda xs: [x for x in xs for _ in range(g)]
     meta = [{k: v for k, v in r.metadata.items() if k != "image"} for r in recs]
     reward_in = RewardInputs(None, rows([r.text for r in recs]), texts, rows(meta), completion_lengths=lengths,
