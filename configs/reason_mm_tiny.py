@@ -17,6 +17,8 @@ def get_config():
   c = reason_text_tiny.get_config()
   c.workdir = "workdir/reason_mm_tiny"
   c.prompt_file = f"{DATA}/train_questions.jsonl"
+  # The supervised stage for image questions (data.sources = DATA/sft.jsonl, trainable "lm") has no config yet.
+  c.model.init = "preset:tiny_qwen_vocab"
   c.max_text_len = 128  # the question + 4 image tokens at 56²
   c.reason.vit_size = 56
   return c

@@ -16,7 +16,8 @@ def get_config():
   c.workdir = "workdir/sft_reason_text_tiny"
   c.model.init = "preset:tiny_qwen_vocab"
   c.data.sources = (f"{DATA}/sft.jsonl",)
-  c.data.max_text_len = 128  # system + question + template + worked solution
+  c.data.max_text_len = 96  # system + question + template + worked solution (~85 tokens)
+  c.data.max_target_len = 24  # the worked solution (~20 tokens): only the last 24 positions' logits
   c.data.batch_size = 16
   c.optim.lr = 3e-3
   c.optim.min_lr = 3e-4

@@ -31,6 +31,7 @@ SAME = lambda a, b: all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a),
 def config(kind, data, steps=2):
   c = (reason_text_tiny if kind == "arithmetic" else reason_mm_tiny).get_config()
   c.prompt_file = os.path.join(data, "train_questions.jsonl")
+  c.model.init = "preset:tiny_qwen_vocab"
   c.reward = "think_format:0.5,accuracy:1,test_completion_chars:1"
   c.train.total_steps = steps
   c.prompts_per_step = 2

@@ -42,6 +42,10 @@ def test_supervised_loss_equals_transformers_cross_entropy(hf_model, jax_model, 
                    mm_token_type_ids=torch.tensor((ids == cfg.image_token_id).astype(np.int64)))
   assert float(aux["target_tokens"]) == 6
   np.testing.assert_allclose(float(ours), float(out.loss), atol=TOL, rtol=0)
+  # data.max_target_len: the logits of the last 4 positions only, the same loss
+  windowed, aux = lm_supervised_loss(model, params, batch, tuple(grids[0]), window=4)
+  assert float(aux["target_tokens"]) == 6
+  np.testing.assert_allclose(float(windowed), float(ours), atol=1e-6, rtol=0)
   # the rest is masked: every token as a label gives another loss
   with torch.no_grad():
     everything = hf_model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
@@ -100,11 +104,16 @@ def test_bad_chat_records_are_named(tmp_path, rec, msg):
     chat_record(tmp_path, rec)
 
 
-def test_a_dialogue_longer_than_max_text_len_is_named(tmp_path, tok):
+def test_a_dialogue_longer_than_max_text_len_or_a_target_outside_the_window_is_named(tmp_path, tok):
   rec = chat_record(tmp_path, {"messages": [{"role": "user", "content": "word " * 50},
                                             {"role": "assistant", "content": "ok"}]})
   with pytest.raises(DataError, match=r"c.jsonl:1: the dialogue has \d+ tokens, more than data.max_text_len=32"):
     pipeline.Preprocessor(tok, pipeline.ImageSpec(32, 56), 32, 151643)(rec)
+  spec = pipeline.ImageSpec(32, 56)
+  assert pipeline.Preprocessor(tok, spec, 96, 151643, max_target_len=3)(rec)["target_mask"][-3:].tolist() == [1, 1, 0]
+  with pytest.raises(DataError, match=r"c.jsonl:1: its first target token is 3 from the end, beyond "
+                                      r"data.max_target_len=2"):
+    pipeline.Preprocessor(tok, spec, 96, 151643, max_target_len=2)(rec)
 
 
 def test_supervised_stage_trains_the_lm_alone(tmp_path):

@@ -60,15 +60,17 @@ def flow_matching_loss(model: unified.UnifiedModel, params: dict, batch: Pretrai
   return loss, {"sigma_mean": sigma.mean()}
 
 
-def lm_supervised_loss(lm, lm_params, batch: PretrainBatch, vit_grid: Optional[tuple] = None) -> tuple[jax.Array,
-                                                                                                         dict]:
+def lm_supervised_loss(lm, lm_params, batch: PretrainBatch, vit_grid: Optional[tuple] = None,
+                       window: int = 0) -> tuple[jax.Array, dict]:
   """Mean cross-entropy of the target tokens (`batch.target_mask`) given their prefix, over all target tokens of
   the batch (transformers' loss with labels -100 elsewhere); an image (`batch.pixel_values`, one per row at
-  `vit_grid`) goes through the vision tower."""
-  b = batch.input_ids.shape[0]
+  `vit_grid`) goes through the vision tower. window > 0: only the last `window` tokens can be targets, and only
+  their logits are computed (the vocabulary projection dominates a small LM's cost)."""
+  b, t = batch.input_ids.shape
   grid = None if batch.pixel_values is None else tuple(tuple(vit_grid) for _ in range(b))
-  logp = sequence_log_probs(lm, lm_params, batch.input_ids, batch.attention_mask, batch.pixel_values, grid)
-  m = batch.target_mask[:, 1:].astype(jnp.float32)
+  start = max(t - 1 - window, 0) if window else 0
+  logp = sequence_log_probs(lm, lm_params, batch.input_ids, batch.attention_mask, batch.pixel_values, grid, start)
+  m = batch.target_mask[:, start + 1:].astype(jnp.float32)
   n = jnp.sum(m)
   return -jnp.sum(logp * m) / jnp.maximum(n, 1.0), {"target_tokens": n}
 
@@ -117,7 +119,7 @@ class Pretrainer(Trainer):
     f = self.model.config.vae.spatial_compression_ratio
     if d.image_size % f:
       raise ValueError(f"data.image_size {d.image_size} is not a multiple of the VAE compression {f}")
-    pre = data_pipeline.Preprocessor(self.tok, self.image_spec, d.max_text_len, lm.pad_token_id)
+    pre = data_pipeline.Preprocessor(self.tok, self.image_spec, d.max_text_len, lm.pad_token_id, d.max_target_len)
     return data_pipeline.make_dataset(records, pre, d.batch_size, self.config.seed, dict(d.task_weights) or None)
 
   # ---- the step ---------------------------------------------------------------------------------
@@ -131,11 +133,12 @@ class Pretrainer(Trainer):
     grid = self.image_spec.vit_grid if has_image else None
     seed = self.config.seed
     chat = batch.task == "chat"
+    window = self.config.data.max_target_len
 
     def step(state, frozen, batch):
       rng = jax.random.fold_in(jax.random.PRNGKey(seed), state["step"])
       if chat:
-        loss_fn = lambda tr: lm_supervised_loss(model.lm, train_state.merge(tr, frozen)["lm"], batch, grid)
+        loss_fn = lambda tr: lm_supervised_loss(model.lm, train_state.merge(tr, frozen)["lm"], batch, grid, window)
       else:
         loss_fn = lambda tr: flow_matching_loss(model, train_state.merge(tr, frozen), batch, rng, lc, grid)
       (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["trainable"])

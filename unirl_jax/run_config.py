@@ -233,7 +233,10 @@ class DataSettings:
   synthetic: str = "shapes"
   image_size: int = 32  # target images, square pixels (UniRL: 1024)
   vit_size: int = 56  # the source image as the LM sees it (UniRL: 672 -> 576 tokens)
-  max_text_len: int = 64  # prompt tokens (longer ones are truncated, as the original)
+  max_text_len: int = 64  # prompt tokens (longer ones are truncated, as the original; a longer chat is an error)
+  # Chat records: the supervised tokens lie in each row's last max_target_len tokens and only those positions'
+  # logits are computed (a record with an earlier target is an error naming this); 0: every position.
+  max_target_len: int = 0
   batch_size: int = 8
   # Share of batches per task, {"t2i": 0.2, "edit": 0.8, "chat": ...}; a task left out is not read; empty: the
   # record counts' shares. Every batch holds one task (each compiles once).

@@ -107,8 +107,9 @@ def vit_patches(images, spec: ImageSpec, vit) -> np.ndarray:
 class Preprocessor:
   """One record -> a dict of numpy arrays with fixed shapes."""
 
-  def __init__(self, tokenizer, spec: ImageSpec, max_text_len: int, pad_id: int):
+  def __init__(self, tokenizer, spec: ImageSpec, max_text_len: int, pad_id: int, max_target_len: int = 0):
     self.tok, self.spec, self.max_len, self.pad_id = tokenizer, spec, max_text_len, pad_id
+    self.max_target_len = max_target_len  # chat: the targets must lie in the last max_target_len tokens (0: anywhere)
     self.vit = vit_processor(spec)
 
   def _ids(self, text: str) -> tuple[np.ndarray, np.ndarray]:
@@ -142,6 +143,9 @@ class Preprocessor:
     n = len(ids)
     if n > self.max_len:
       raise DataError(f"{rec.origin}: the dialogue has {n} tokens, more than data.max_text_len={self.max_len}")
+    if self.max_target_len and n - target.index(1) > self.max_target_len:
+      raise DataError(f"{rec.origin}: its first target token is {n - target.index(1)} from the end, beyond "
+                      f"data.max_target_len={self.max_target_len} (the scored window): raise it, or 0 for all")
     out = {"input_ids": np.full((self.max_len,), self.pad_id, np.int32), "attention_mask":
            np.zeros((self.max_len,), np.int32), "target_mask": np.zeros((self.max_len,), np.int32)}
     for k, v in (("input_ids", ids), ("attention_mask", [1] * n), ("target_mask", target)):
