@@ -20,9 +20,11 @@ def get_config():
   c.data.max_target_len = 24  # the worked solution (~20 tokens): only the last 24 positions' logits
   c.data.batch_size = 16
   c.optim.lr = 3e-3
-  c.optim.min_lr = 3e-4
+  c.optim.schedule = "constant"
   c.optim.warmup_steps = 20
-  c.train.total_steps = 400
+  # 450 steps leave held-out greedy accuracy near 0.6 (sampled 0.46): room for GRPO to show. Longer fits the
+  # operands (target loss 0.001 by step 1000): docs/results.md.
+  c.train.total_steps = 450
   c.train.log_every = 50
   c.train.checkpoint_every = 200
   c.train.trainable = ("lm/language_model",)
