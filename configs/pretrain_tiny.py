@@ -26,6 +26,7 @@ def get_config():
   c.data.max_text_len = 64
   c.data.batch_size = 8
   c.data.task_weights = {}  # empty: proportional to the record counts
+  c.data.mix = "batches"  # or "rows": every batch holds each task's share of rows
   c.data.skip_bad = False
 
   c.optim = ml_collections.ConfigDict()

@@ -3,6 +3,7 @@ counting, colour and position questions about rendered shape scenes (unirl_jax.d
 through the vision tower at reason.vit_size², R1 format + accuracy rewards, the LM alone trained.
 
 python -m unirl_jax.data.synthetic_questions --kind shapes --out workdir/questions_shapes
+python -m unirl_jax.train --config configs/sft_reason_mm_tiny.py   # the supervised stage
 python -m unirl_jax.train --config configs/reason_mm_tiny.py
 
 Keys left out take unirl_jax.run_config.GRPORun's defaults.
@@ -17,8 +18,9 @@ def get_config():
   c = reason_text_tiny.get_config()
   c.workdir = "workdir/reason_mm_tiny"
   c.prompt_file = f"{DATA}/train_questions.jsonl"
-  # The supervised stage for image questions (data.sources = DATA/sft.jsonl, trainable "lm") has no config yet.
-  c.model.init = "preset:tiny_qwen_vocab"
-  c.max_text_len = 128  # the question + 4 image tokens at 56²
-  c.reason.vit_size = 56
+  c.model.init = "workdir/sft_reason_mm_tiny/final"  # configs/sft_reason_mm_tiny.py
+  c.max_text_len = 128  # the question + 9 image tokens at 84²
+  c.reason.vit_size = 84
+  c.lm.max_new_tokens = 48  # the scene description of up to three objects
+  c.train.trainable = ("lm",)  # the vision tower too (the tiny random one is still learning to see)
   return c

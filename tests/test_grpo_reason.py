@@ -38,6 +38,7 @@ def config(kind, data, steps=2):
   c.group_size = 2
   c.lm.max_new_tokens = 6
   c.reason.vit_size = 28
+  c.train.trainable = ("lm/language_model",)  # the vision tower frozen: it must stay bit-identical
   c.optim.lr = 1e-3
   c.progress = False
   c.train.checkpoint_every = 100

@@ -120,45 +120,67 @@ class Pretrainer(Trainer):
     if d.image_size % f:
       raise ValueError(f"data.image_size {d.image_size} is not a multiple of the VAE compression {f}")
     pre = data_pipeline.Preprocessor(self.tok, self.image_spec, d.max_text_len, lm.pad_token_id, d.max_target_len)
-    return data_pipeline.make_dataset(records, pre, d.batch_size, self.config.seed, dict(d.task_weights) or None)
+    return data_pipeline.make_dataset(records, pre, d.batch_size, self.config.seed, dict(d.task_weights) or None,
+                                      d.mix)
 
   # ---- the step ---------------------------------------------------------------------------------
 
-  def _step_fn(self, batch: PretrainBatch):
-    key = (batch.task, batch.pixel_values is not None)
+  @staticmethod
+  def parts(batch) -> dict[str, PretrainBatch]:
+    """A batch as {stream: rows}: one entry for a one-task batch, one per stream for data.mix='rows'."""
+    if isinstance(batch, dict):
+      return batch
+    return {batch.task + ("+image" if batch.task == "chat" and batch.pixel_values is not None else ""): batch}
+
+  def _step_fn(self, parts: dict[str, PretrainBatch]):
+    key = tuple(parts)
     if key in self._steps:
       return self._steps[key]
     model, lc, tx = self.model, self.config.loss, self.tx
-    has_image = batch.pixel_values is not None
-    grid = self.image_spec.vit_grid if has_image else None
+    vit_grid = self.image_spec.vit_grid
     seed = self.config.seed
-    chat = batch.task == "chat"
     window = self.config.data.max_target_len
 
-    def step(state, frozen, batch):
+    def part_loss(tr, frozen, b: PretrainBatch, rng):
+      grid = vit_grid if b.pixel_values is not None else None
+      if b.task == "chat":
+        return lm_supervised_loss(model.lm, train_state.merge(tr, frozen)["lm"], b, grid, window)
+      return flow_matching_loss(model, train_state.merge(tr, frozen), b, rng, lc, grid)
+
+    def step(state, frozen, parts):
       rng = jax.random.fold_in(jax.random.PRNGKey(seed), state["step"])
-      if chat:
-        loss_fn = lambda tr: lm_supervised_loss(model.lm, train_state.merge(tr, frozen)["lm"], batch, grid, window)
-      else:
-        loss_fn = lambda tr: flow_matching_loss(model, train_state.merge(tr, frozen), batch, rng, lc, grid)
+
+      def loss_fn(tr):
+        if len(parts) == 1:
+          return part_loss(tr, frozen, *parts.values(), rng)
+        # Rows mixed in one batch: the sum of each stream's mean loss, each stream with its own draws.
+        total, aux = 0.0, {}
+        for i, (name, b) in enumerate(parts.items()):
+          loss, a = part_loss(tr, frozen, b, jax.random.fold_in(rng, i))
+          total = total + loss
+          aux.update({f"loss_{name}": loss, **{f"{k}_{name}": v for k, v in a.items()}})
+        return total, aux
+
       (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["trainable"])
       state, g = train_state.apply_gradients(tx, state, loss, grads)
       return state, {"loss": loss, **g, **aux}
 
     # Images and prompts split over the batch axes; the ViT patches stay whole (the vision tower's window layout
     # is per image, not per row).
-    batch_sh = jax.tree.map(lambda v: sharding.batch_sharding(self.mesh, np.ndim(v)), batch)
-    batch_sh = batch_sh.replace(pixel_values=self.replicated) if has_image else batch_sh
+    batch_sh = {name: jax.tree.map(lambda v: sharding.batch_sharding(self.mesh, np.ndim(v)), b).replace(
+        pixel_values=None if b.pixel_values is None else self.replicated) for name, b in parts.items()}
     frozen_sh = jax.tree.map(lambda x: x.sharding, self.frozen)
     fn = jax.jit(step, donate_argnums=(0,), in_shardings=(self.state_shardings, frozen_sh, batch_sh),
                  out_shardings=(self.state_shardings, self.replicated))
     self._steps[key] = (fn, batch_sh)
     return self._steps[key]
 
-  def train_step(self, batch: PretrainBatch) -> dict:
-    fn, batch_sh = self._step_fn(batch)
-    batch = jax.tree.map(lambda s, v: jax.make_array_from_process_local_data(s, np.asarray(v)), batch_sh, batch)
-    self.state, m = fn(self.state, self.frozen, batch)
+  def train_step(self, batch) -> dict:
+    """One update on a batch (`PretrainBatch`, or data.mix='rows' a dict stream -> `PretrainBatch`)."""
+    parts = self.parts(batch)
+    fn, batch_sh = self._step_fn(parts)
+    parts = jax.tree.map(lambda s, v: jax.make_array_from_process_local_data(s, np.asarray(v)), batch_sh, parts)
+    self.state, m = fn(self.state, self.frozen, parts)
     return m
 
   # ---- the loop ---------------------------------------------------------------------------------
@@ -172,7 +194,8 @@ class Pretrainer(Trainer):
       batch = next(it)
       m = jax.device_get(self.train_step(batch))
       row = {"step": step, "loss": float(m["loss"]), "grad_norm": float(m["grad_norm"]),
-             "skipped": int(m["skipped"]), "task": batch.task,
+             "skipped": int(m["skipped"]), "task": "+".join(self.parts(batch)),
+             **{k: float(v) for k, v in m.items() if k.startswith("loss_")},
              "lr": float(optim.schedule(c.optim.lr, self.total_steps, c.optim.warmup_steps, c.optim.min_lr,
                                         c.optim.schedule)(step - 1))}
       return row, None

@@ -238,13 +238,18 @@ class DataSettings:
   # logits are computed (a record with an earlier target is an error naming this); 0: every position.
   max_target_len: int = 0
   batch_size: int = 8
-  # Share of batches per task, {"t2i": 0.2, "edit": 0.8, "chat": ...}; a task left out is not read; empty: the
-  # record counts' shares. Every batch holds one task (each compiles once).
+  # Share per task, {"t2i": 0.2, "edit": 0.8, "chat": ...}; a task left out is not read; empty: the record
+  # counts' shares. A task's share is split between its image and text-only chat records by their counts.
   task_weights: Mapping[str, float] = dataclasses.field(default_factory=dict)
+  # "batches": every batch holds one task (each compiles once), the tasks interleaved by share; "rows": every
+  # batch holds share x batch_size rows of each (whole numbers), the loss the sum of each one's mean.
+  mix: str = "batches"
   skip_bad: bool = False  # skip (and count) bad records instead of stopping with file:line
 
   def __post_init__(self):
     object.__setattr__(self, "task_weights", types.MappingProxyType(dict(self.task_weights)))
+    if self.mix not in ("batches", "rows"):
+      raise ConfigError(f"data.mix {self.mix!r} not one of 'batches', 'rows'")
     if self.synthetic not in ("shapes", "geneval_scenes", "shape_edits"):
       raise ConfigError(f"data.synthetic {self.synthetic!r} not one of 'shapes', 'geneval_scenes', 'shape_edits'")
 

@@ -187,11 +187,20 @@ def task_of(rec: Record) -> str:
   return "chat" if isinstance(rec, ChatRecord) else "edit" if isinstance(rec, EditRecord) else "t2i"
 
 
+MIXES = ("batches", "rows")
+
+
 def make_dataset(records: list[Record], pre: Preprocessor, batch_size: int, seed: int,
-                 weights: Optional[dict] = None) -> grain.MapDataset:
-  """An infinite, deterministic MapDataset of one-task batches, the tasks interleaved by `weights`
-  ({task: share}, e.g. {"edit": 0.8, "t2i": 0.2}; a task left out or at 0 is not read; default: the record
-  counts' shares). A chat stream with images and one without are two streams (one compile each)."""
+                 weights: Optional[dict] = None, mix: str = "batches") -> grain.MapDataset:
+  """An infinite, deterministic MapDataset of batches from per-task streams, by `weights` ({task: share}, e.g.
+  {"edit": 0.8, "t2i": 0.2}; a task left out or at 0 is not read; default: the record counts' shares). A chat
+  stream with images and one without are two streams (one compile each).
+
+  mix "batches": every batch holds one stream (a `PretrainBatch`), the streams interleaved by share.
+  mix "rows": every batch holds share x batch_size rows of each stream (a dict stream -> `PretrainBatch`,
+  one compile for all), as the original's mixed shuffle does in expectation; the row counts must be whole."""
+  if mix not in MIXES:
+    raise ValueError(f"data.mix {mix!r} not one of {MIXES}")
   by_task = {}
   for r in records:
     key = task_of(r) + ("+image" if isinstance(r, ChatRecord) and r.image is not None else "")
@@ -208,13 +217,25 @@ def make_dataset(records: list[Record], pre: Preprocessor, batch_size: int, seed
         len(v) for k, v in by_task.items() if k.split("+")[0] == task)
     if share == 0:  # a task weighted 0 (or left out of the weights) is not read
       continue
-    if len(recs) < batch_size:
-      raise ValueError(f"{len(recs)} {key} records are fewer than batch_size {batch_size}")
+    rows = batch_size
+    if mix == "rows":
+      rows = int(round(share * batch_size))
+      if abs(rows - share * batch_size) > 1e-6 or rows == 0:
+        raise ValueError(f"data.mix='rows': the {key} share {share:.4g} of data.batch_size {batch_size} is "
+                         f"{share * batch_size:.4g} rows; set data.task_weights (split between image and text "
+                         f"chat records by their counts) or data.batch_size so that every stream gets whole rows")
+    if len(recs) < rows:
+      raise ValueError(f"{len(recs)} {key} records are fewer than the {rows} rows a batch takes from them")
     ds = (grain.MapDataset.source(recs).shuffle(seed=seed + i).repeat().map(pre)
-          .batch(batch_size, drop_remainder=True, batch_fn=_stack))
-    streams.append(ds)
+          .batch(rows, drop_remainder=True, batch_fn=_stack))
+    streams.append((key, ds))
     shares.append(share)
   if not streams:
     counts = {k: len(v) for k, v in sorted(by_task.items())}
     raise ValueError(f"data.task_weights {dict(weights or {})} leaves no records: the sources hold {counts}")
-  return streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, weights=shares)
+  keys, datasets = zip(*streams)
+  if mix == "rows":
+    n = min(len(ds) for ds in datasets)  # "infinite" streams of unequal nominal lengths: zip needs one
+    return grain.experimental.ZipMapDataset(parents=[ds[:n] for ds in datasets]).map(
+        lambda parts: dict(zip(keys, parts)))
+  return datasets[0] if len(datasets) == 1 else grain.MapDataset.mix(list(datasets), weights=shares)

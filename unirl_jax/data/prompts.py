@@ -23,6 +23,11 @@ RL_EDIT = "\nPlease edit the image given the following instruction: {}"
 # answers here are also letters, words and expressions.
 REASON = "{question} Output the thinking process in <think> </think> and final answer in <answer> </answer> tags."
 
+# Reflection (ours: the original released none, docs/scenarios.md): the LM judges image 1 against its prompt.
+REFLECT = ("The image was generated for the prompt: {prompt}. Does it satisfy the prompt? Output the thinking "
+           "process in <think> </think>, yes or no in <judge> </judge> and, if no, an improved prompt in <answer> "
+           "</answer> tags.")
+
 
 def chat(user: str, pretrain: bool, system: str = SYSTEM) -> str:
   text = f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
@@ -36,6 +41,11 @@ def t2i(caption: str, pretrain: bool = False) -> str:
 def t2i_cot(caption: str) -> str:
   """The CoT task's LM prompt (the LM completes it; the whole decoded dialogue then conditions the DM)."""
   return chat(RL_T2I_COT.format(caption), pretrain=False)
+
+
+def reflect(prompt: str) -> str:
+  """The reflection judge's LM prompt: image 1 (one `<|image_pad|>`, expanded for its grid) and the prompt."""
+  return chat(IMAGE_BLOCK + REFLECT.format(prompt=prompt), False)
 
 
 def edit(instruction: str, pretrain: bool = False, literal_vision_end: bool = False) -> str:

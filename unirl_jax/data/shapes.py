@@ -77,21 +77,27 @@ def draw_shape(d: ImageDraw.ImageDraw, shape: str, color: str, box: tuple) -> No
     d.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=COLORS[color])
 
 
-def render(record: dict, size: int, rs: np.random.RandomState) -> Image.Image:
-  """A scene satisfying `record` on a 3 x 3 grid of cells (objects never touch): each included object in its
-  colour (else a random one); a position clause's target in the centre cell and the object beside it."""
+def layout(record: dict, rs: np.random.RandomState) -> list[tuple[str, str, tuple[int, int]]]:
+  """The objects of a scene satisfying `record` on a 3 x 3 grid of cells, as (shape, colour, (row, col)): each
+  included object in its colour (else a random one); a position clause's target in the centre cell and the
+  object beside it."""
   free = [(r, c) for r in range(3) for c in range(3)]
   rs.shuffle(free)
   include = record["include"]
   targets = {req["position"][1] for req in include if "position" in req}
   beside = {"left of": (1, 0), "right of": (1, 2), "above": (0, 1), "below": (2, 1)}
-  objects = []  # (shape, color, (row, col))
+  objects = []
   for i, req in enumerate(include):
     for _ in range(req["count"]):
       cell = (1, 1) if i in targets else beside[req["position"][0]] if "position" in req else None
       cell = cell or next(c for c in free if c != (1, 1) or not targets)
       free.remove(cell)
       objects.append((req["class"], req.get("color") or list(COLORS)[rs.randint(len(COLORS))], cell))
+  return objects
+
+
+def draw(objects, size: int, rs: np.random.RandomState) -> Image.Image:
+  """(shape, colour, (row, col)) objects drawn in their cells at random sizes (objects never touch)."""
   img = Image.new("RGB", (size, size), BACKGROUND)
   d = ImageDraw.Draw(img)
   w = size / 3
@@ -100,6 +106,11 @@ def render(record: dict, size: int, rs: np.random.RandomState) -> Image.Image:
     cx, cy = (c + 0.5) * w, (r + 0.5) * w
     draw_shape(d, shape, color, (round(cx - half), round(cy - half), round(cx + half), round(cy + half)))
   return img
+
+
+def render(record: dict, size: int, rs: np.random.RandomState) -> Image.Image:
+  """A scene satisfying `record` (`layout`, then `draw`)."""
+  return draw(layout(record, rs), size, rs)
 
 
 def write(out: str, n_train: int = 512, n_eval: int = 96, size: int = 64, seed: int = 0) -> dict:
