@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from unirl_jax import rewards, run_config, train
+from unirl_jax import rewards, run_config, scenarios, train
 from unirl_jax.models import unified
 
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs",
@@ -19,8 +19,10 @@ def test_config_builds(name):
   run = run_config.load(importlib.import_module(f"configs.{name}").get_config())
   assert isinstance(run, (run_config.GRPORun, run_config.PretrainRun))
   if run.mode == "grpo":
-    # every reward local, served (gen_eval) or a CLIP reward loaded at start
-    assert rewards.check(run.reward, {**dict(run.remote_rewards), **dict(run.clip_rewards)})
+    # every reward local, served (gen_eval), a CLIP reward loaded at start, or the task's own (reflection's)
+    fns = {**dict(run.remote_rewards), **dict(run.clip_rewards)}
+    fns.update(scenarios.get(run.task).rewards(run, fns))
+    assert rewards.check(run.reward, fns)
   if run.model.init.startswith("preset:"):
     assert hasattr(unified, run.model.init.split(":", 1)[1])
 

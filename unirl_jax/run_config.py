@@ -142,6 +142,21 @@ class ReasonSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class ReflectSettings:
+  """The reflection task (task "reflect"; docs/scenarios.md)."""
+
+  # The reward that scores an image against its prompt (registered, remote or CLIP; e.g. "geneval_shapes", a
+  # served GenEval, "clip_score"); the rewards reflect_final / reflect_judge / reflect_improve are built on it.
+  verifier: str = "geneval_shapes"
+  pass_threshold: float = 1.0  # image 1 satisfies its prompt when verifier >= this (GenEval partial credit: all)
+  vit_size: int = 56  # image 1 as the LM sees it, square
+
+  def __post_init__(self):
+    if self.vit_size < 1:
+      raise ConfigError(f"reflect.vit_size must be >= 1, got {self.vit_size}")
+
+
+@dataclasses.dataclass(frozen=True)
 class BenchSettings:
   repeats: int = 3  # timed repeats per phase (warm-up excluded)
   new_tokens: int = 8  # decoded tokens in the LM phases (EOS off)
@@ -154,7 +169,8 @@ class GRPORun:
   """A GRPO run (python -m unirl_jax.train --config configs/t2i_jpeg_tiny.py)."""
 
   mode: str = "grpo"
-  task: str = "t2i"  # the scenario (unirl_jax.scenarios): "t2i" | "t2icot" | "i2i" (editing) | "reason"
+  # the scenario (unirl_jax.scenarios): "t2i" | "t2icot" | "i2i" (editing) | "reason" | "reflect"
+  task: str = "t2i"
   seed: int = 0
   workdir: str = "workdir/grpo"
   progress: bool = True  # a progress bar
@@ -187,6 +203,7 @@ class GRPORun:
   lm: LMConfig = LMConfig()
   edit: EditSettings = EditSettings()
   reason: ReasonSettings = ReasonSettings()
+  reflect: ReflectSettings = ReflectSettings()
   optim: OptimSettings = OptimSettings()
   train: TrainSettings = TrainSettings()
   mesh: MeshConfig = MeshConfig()

@@ -21,6 +21,9 @@ class RewardInputs:
   reconstructions: Optional[np.ndarray] = None  # (N, H, W, 3) uint8: the reverse edit of the edited image
   completion_lengths: Optional[np.ndarray] = None  # (N,) int: each completion's tokens (up to its EOS)
   completion_budget: Optional[int] = None  # the completions' token cap (lm.max_new_tokens); not per row
+  first_images: Optional[np.ndarray] = None  # (N, H, W, 3) uint8: reflection's image 1 (`images`: the final one)
+  judgements: Optional[np.ndarray] = None  # (N,) int: reflection's judgement of image 1 (rewards.reflection)
+  revised: Optional[np.ndarray] = None  # (N,) bool: reflection rows whose image 2 exists (a "no" judgement)
 
   def __post_init__(self):
     n = len(self.prompts)
@@ -55,7 +58,7 @@ def register(name: str):
 
 def get(name: str, extra: Optional[dict] = None) -> RewardFn:
   """The reward called `name`: from `extra` (a run's remote rewards) or the registry."""
-  from unirl_jax.rewards import format as _format, jpeg, reasoning, shapes  # noqa: F401  (register)
+  from unirl_jax.rewards import format as _format, jpeg, reasoning, reflection, shapes  # noqa: F401  (register)
   if extra and name in extra:
     return extra[name]
   if name not in REGISTRY:

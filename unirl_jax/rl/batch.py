@@ -31,6 +31,7 @@ class DMRows:
   condition: Condition
   trajectory: Trajectory
   ref: Optional[jax.Array] = None  # (B, h, w, c): an edit's noisy reference latents, shared by the row's steps
+  row_mask: Optional[jax.Array] = None  # (B,) float32: 0 for a row whose trajectory is not trained (None: all)
 
 
 @struct.dataclass
@@ -54,6 +55,7 @@ class Experience:
   dm: Optional[DMRows] = None
   lm: Optional[Completions] = None
   cycle: Optional[DMRows] = None  # editing: each row's reconstruction (the reverse edit of its edited image)
+  revision: Optional[DMRows] = None  # reflection: image 2, from the LM's revised prompt (row_mask: only after a no)
 
   @property
   def rows(self) -> int:

@@ -113,7 +113,9 @@ class DMLoss:
   grid: Optional[tuple] = None  # an edit row's (t, h, w) ViT image grid, shared by all rows (static)
 
   def denominator(self, exp: Experience):
-    return exp.rows * jnp.sum(exp.schedule.sde_mask).astype(jnp.float32)
+    rows: DMRows = getattr(exp, self.field)
+    n = exp.rows if rows.row_mask is None else jnp.maximum(jnp.sum(rows.row_mask), 1.0)
+    return n * jnp.sum(exp.schedule.sde_mask).astype(jnp.float32)
 
   def loss_sum(self, params, ref_params, exp: Experience) -> tuple[jax.Array, dict]:
     model, dc = self.model, self.dc
@@ -142,6 +144,8 @@ class DMLoss:
       out = sde_step(x, v, sigmas[i], sigmas[i + 1], sched.sigma_1, dc.noise_level, prev=prev,
                      reduce=dc.log_prob_reduce)
       mask = jnp.broadcast_to(sched.sde_mask[i], (b,))
+      if rows.row_mask is not None:  # rows without this trajectory (reflection's image 2 after a yes)
+        mask = mask & (rows.row_mask > 0)
       pg, _, st = dm_policy_loss(out.log_prob, old_lp[i] if dc.mismatched else None, adv, dc.clip_eps, mask)
       if dc.kl == "mean":
         ref_mean = sde_step(x, v_ref, sigmas[i], sigmas[i + 1], sched.sigma_1, dc.noise_level, prev=prev).mean

@@ -34,7 +34,8 @@ class GRPOTrainer(Trainer):
     run = config if isinstance(config, run_config.GRPORun) else run_config.load(config)
     if not isinstance(run, run_config.GRPORun):
       raise ValueError(f"GRPOTrainer needs a GRPO config, got mode {run.mode!r}")
-    records = scenarios.get(run.task).records(run)
+    task_cls = scenarios.get(run.task)
+    records = task_cls.records(run)
     self.prompts = prompt_lib.PromptSource(records, run.prompts_per_step, run.seed)
     super().__init__(run, workdir, run.total_steps(len(self.prompts)), init)
     c = self.config
@@ -48,6 +49,7 @@ class GRPOTrainer(Trainer):
     self.latent_hw = (c.image_size // f, c.image_size // f)
     from unirl_jax.rewards import clip as clip_rewards
     self.reward_fns = {**dict(c.remote_rewards), **clip_rewards.from_config(c.clip_rewards)}
+    self.reward_fns.update(task_cls.rewards(c, self.reward_fns))
     rewards.check(c.reward, self.reward_fns)  # fail now on an unknown reward, not after the first rollout
     os.makedirs(os.path.join(self.workdir, "samples"), exist_ok=True)
     # The reference policy: the initial trainable params; everything frozen is shared, not copied.

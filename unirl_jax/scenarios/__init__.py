@@ -7,8 +7,9 @@ from unirl_jax.scenarios.base import RewardInputs, Rollout, Task
 
 
 def registry() -> dict[str, type[Task]]:
-  from unirl_jax.scenarios import i2i, reason, t2i, t2icot
-  return {t.name: t for t in (t2i.TextToImage, t2icot.CoTTextToImage, i2i.Editing, reason.Reasoning)}
+  from unirl_jax.scenarios import i2i, reason, reflect, t2i, t2icot
+  return {t.name: t for t in (t2i.TextToImage, t2icot.CoTTextToImage, i2i.Editing, reason.Reasoning,
+                              reflect.Reflection)}
 
 
 def get(name: str) -> type[Task]:

@@ -43,6 +43,11 @@ class Task:
       return prompt_lib.read_prompt_file(run.prompt_file)
     return list(run.prompts or DEFAULT_PROMPTS)
 
+  @classmethod
+  def rewards(cls, run, fns: dict) -> dict:
+    """Rewards this task adds for the run, by name (built on `fns`, the run's remote and CLIP rewards)."""
+    return {}
+
   def loss_parts(self) -> tuple:
     """The loss terms (rl.dm.DMLoss, rl.lm.LMLoss, ...) summed with the shared advantage."""
     raise NotImplementedError

@@ -49,6 +49,27 @@ def decode(tok, tokens, mask) -> tuple[list[str], np.ndarray]:
   return tok.batch_decode([tokens[i, :lengths[i]] for i in range(len(tokens))], skip_special_tokens=True), lengths
 
 
+def sampler_for(model, lc) -> Sampler:
+  """The KV-cache sampler of a run's `lm` settings (temperature, top-k/top-p, max new tokens)."""
+  lmc = model.config.lm
+  return Sampler(model.lm, SamplingConfig(
+      max_new_tokens=lc.max_new_tokens, temperature=lc.temperature, top_k=lc.top_k, top_p=lc.top_p,
+      eos_token_ids=tuple(lmc.eos_token_id), pad_token_id=lmc.pad_token_id))
+
+
+def sample_completions(engine, sampler: Sampler, grid, ids, mask, pv, rng) -> Completions:
+  """One sampled completion per prompt row (on the mesh); `pv`: each row's image as ViT patches at `grid`, or
+  None."""
+  e = engine
+  lm_params = train_state.merge(e.state["trainable"], e.frozen)["lm"]
+  ids, mask, pv_rows = e.put_rows((ids, mask, pv))
+  flat = None if pv is None else pv_rows.reshape(-1, pv_rows.shape[-1])
+  grids = None if pv is None else np.asarray([grid] * len(ids))
+  out = sampler(lm_params, ids, mask, flat, grids, rng=rng)
+  tokens = out["tokens"]
+  return Completions(ids, mask, tokens, completion_mask(tokens, e.model.config.lm.eos_token_id), pv_rows)
+
+
 class Reasoning(Task):
   name = "reason"
 
@@ -82,10 +103,7 @@ class Reasoning(Task):
                          f"{v.patch_size * v.spatial_merge_size} (the ViT's patch x merge)")
       self.spec = ImageSpec(c.image_size, c.reason.vit_size, v.patch_size, v.spatial_merge_size)
       self.grid = self.spec.vit_grid
-    lc = c.lm
-    self.sampler = Sampler(model.lm, SamplingConfig(
-        max_new_tokens=lc.max_new_tokens, temperature=lc.temperature, top_k=lc.top_k, top_p=lc.top_p,
-        eos_token_ids=tuple(lmc.eos_token_id), pad_token_id=lmc.pad_token_id))
+    self.sampler = sampler_for(model, c.lm)
 
   def loss_parts(self) -> tuple:
     return (lm.LMLoss(self.engine.model.lm, self.engine.config.lm, grid=self.grid),)
@@ -96,15 +114,7 @@ class Reasoning(Task):
                             "max_text_len", c.text_pad, c.text_pad_multiple)
 
   def complete(self, ids, mask, pv, rng) -> Completions:
-    """One sampled completion per prompt row (on the mesh)."""
-    e = self.engine
-    lm_params = train_state.merge(e.state["trainable"], e.frozen)["lm"]
-    ids, mask, pv_rows = e.put_rows((ids, mask, pv))
-    flat = None if pv is None else pv_rows.reshape(-1, pv_rows.shape[-1])
-    grids = None if pv is None else np.asarray([self.grid] * len(ids))
-    out = self.sampler(lm_params, ids, mask, flat, grids, rng=rng)
-    tokens = out["tokens"]
-    return Completions(ids, mask, tokens, completion_mask(tokens, e.model.config.lm.eos_token_id), pv_rows)
+    return sample_completions(self.engine, self.sampler, self.grid, ids, mask, pv, rng)
 
   def rollout(self, step: int, rng) -> Rollout:
     e = self.engine

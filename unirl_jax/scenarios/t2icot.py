@@ -9,11 +9,11 @@ import numpy as np
 
 from unirl_jax import train_state
 from unirl_jax.data import prompts as prompt_lib
-from unirl_jax.models.qwen2_5_vl.sampling import Sampler, SamplingConfig
 from unirl_jax.rl import lm
 from unirl_jax.rl.batch import Completions, Condition
 from unirl_jax.rl.losses import completion_mask
 from unirl_jax.scenarios.base import Rollout
+from unirl_jax.scenarios.reason import sampler_for
 from unirl_jax.scenarios.t2i import TextToImage
 
 
@@ -24,10 +24,7 @@ class CoTTextToImage(TextToImage):
     if "lm" not in engine.state["trainable"]:
       raise ValueError("task t2icot trains the LM: add 'lm/language_model' to train.trainable")
     super().__init__(engine)
-    lc, lmc = engine.config.lm, engine.model.config.lm
-    self.sampler = Sampler(engine.model.lm, SamplingConfig(
-        max_new_tokens=lc.max_new_tokens, temperature=lc.temperature, top_k=lc.top_k, top_p=lc.top_p,
-        eos_token_ids=tuple(lmc.eos_token_id), pad_token_id=lmc.pad_token_id))
+    self.sampler = sampler_for(engine.model, engine.config.lm)
 
   def _shift_example(self):
     return np.zeros((self.engine.config.rows,), np.int32) if self.engine.config.lm.cond_padding == "right" else None
