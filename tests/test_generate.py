@@ -1,6 +1,8 @@
 """`python -m unirl_jax.generate`: grids, editing, determinism, errors, and equality with a hand composition."""
 
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -121,6 +123,8 @@ def test_edit_writes_an_image_and_uses_the_source(ckpt, tmp_path):
     (["--size", "30"], "--size 30 must be a positive multiple of 4"),
     (["--edit", "x.png", "--vit-size", "50"], "--vit-size 50 must be a positive multiple of 28"),
     (["--edit", "missing.png", "--vit-size", "56"], "no such file"),
+    (["--reflect", "--edit", "x.png"], "--reflect and --edit do not combine"),
+    (["--reflect", "--vit-size", "50"], "--vit-size 50 must be a positive multiple of 28"),
 ])
 def test_bad_flags_are_clear_errors(ckpt, tmp_path, capsys, flags, message):
   assert run(ckpt, tmp_path / "x.png", "--prompt", "a cat", *flags) == 2
@@ -203,3 +207,40 @@ def test_edit_eval_scores_the_edits_and_reconstructions_it_writes(ckpt, tmp_path
   assert np.abs(load(tmp_path / "g.png").astype(int) - load(out / rows[1]["edit"]).astype(int)).max() <= 1
   assert eval_cli.main(args + ["--clip", str(tmp_path / "nope")]) == 2
   assert "--clip" in capsys.readouterr().err
+
+
+def test_reflect_regenerates_after_a_no_only(ckpt, t2i_grid, tmp_path, monkeypatch):
+  no = "<think>it is green</think><judge>no</judge><answer>a blue cube</answer>"
+  seen = {}
+
+  def fake_judge(model, tok, max_new_tokens):
+    def judge(lm_params, ids, mask, pv, grids):
+      seen.update(pv=pv, grids=grids, texts=tok.batch_decode(ids, skip_special_tokens=False))
+      return [no if "red cube" in t else "<think>two dogs</think><judge>yes</judge>" for t in seen["texts"]]
+    return judge
+
+  monkeypatch.setattr(generate, "judge_fn", fake_judge)
+  out = tmp_path / "r.png"
+  assert run(ckpt, out, "--reflect", "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--seeds", "2", "--seed", "5",
+             "--vit-size", "56") == 0
+  rows = json.load(open(tmp_path / "r.json"))
+  assert [(r["prompt"], r["seed"], r["judgement"], r["second_prompt"]) for r in rows] == [
+      (PROMPTS[0], 5, "no", "a blue cube"), (PROMPTS[0], 6, "no", "a blue cube"),
+      (PROMPTS[1], 5, "yes", None), (PROMPTS[1], 6, "yes", None)]
+  assert all(t.count("<|image_pad|>") == 4 for t in seen["texts"]) and len(seen["grids"]) == 4
+  t, g = tiles(out), tiles(t2i_grid)
+  for p in range(2):
+    for s in range(2):
+      np.testing.assert_array_equal(t[(p * 2 + s, 0)], g[(p, s)])  # image 1 is the plain t2i image
+  for r in (0, 1):
+    assert np.abs(t[(r, 1)].astype(int) - t[(r, 0)].astype(int)).max() > 0  # regenerated
+  for r in (2, 3):
+    np.testing.assert_array_equal(t[(r, 1)], t[(r, 0)])  # judged satisfied: image 1 is final
+
+
+def test_reflect_with_the_models_own_judge(ckpt, tmp_path):
+  out = tmp_path / "r.png"
+  assert run(ckpt, out, "--reflect", "--prompt", "a cat", "--vit-size", "56", "--max-new-tokens", "4") == 0
+  (row,) = json.load(open(tmp_path / "r.json"))
+  assert row["judgement"] in ("yes", "no", "unparsed") and isinstance(row["judge"], str)
+  assert np.asarray(Image.open(out)).shape == (32, 64, 3)

@@ -5,8 +5,14 @@ Text-to-image: the prompt in UniRL's inference chat format -> LM + t2i queries -
 the LM also sees SRC through the vision tower at --vit-size² (UniRL: 672², 576 tokens), the DiT gets its noisy
 VAE latents 0.8·z + 0.2·ε as the reference, and guidance is three-way (--cfg text, --ref-cfg reference).
 
+Reflection (`--reflect`): image 1 from the prompt, then the LM sees it at --vit-size² with the prompt and
+judges it greedily (`<judge>yes|no</judge>`, docs/scenarios.md); after a no, image 2 from its revised prompt
+(`<answer>`; the prompt again without one). The grid then has one row per (prompt, seed): image 1, final image;
+OUT with .json holds each row's judge text, judgement and revision.
+
 Several prompts and/or seeds give a grid: one row per prompt, one column per seed. Seed s draws the initial
-latents as normal(PRNGKey(s), (H/f, W/f, C)) and the editing reference noise from fold_in(PRNGKey(s), 1).
+latents as normal(PRNGKey(s), (H/f, W/f, C)), the editing reference noise from fold_in(PRNGKey(s), 1) and
+reflection's image-2 latents from fold_in(PRNGKey(s), 2).
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ def parse_args(argv=None):
                  help="unified checkpoint dir (`python -m convert unirl`), or a training run's workdir (its final/)")
   p.add_argument("--prompt", action="append", required=True, help="caption, or edit instruction; repeatable")
   p.add_argument("--edit", metavar="SRC", help="source image to edit")
+  p.add_argument("--reflect", action="store_true", help="judge image 1 with the LM and regenerate after a no")
+  p.add_argument("--max-new-tokens", type=int, default=256, help="the judge's token budget (--reflect)")
   p.add_argument("--out", required=True, help="PNG to write")
   p.add_argument("--steps", type=int, default=30)
   p.add_argument("--cfg", type=float, default=3.5, help="text guidance scale")
@@ -132,7 +140,11 @@ def validate(args, cfg) -> int:
                      f"{cfg.vae.spatial_compression_ratio} x the DiT's patch size {cfg.dit.patch_size})")
   v = cfg.lm.vision
   unit = v.patch_size * v.spatial_merge_size
-  if args.edit and (args.vit_size <= 0 or args.vit_size % unit):
+  if args.edit and args.reflect:
+    raise ValueError("--reflect and --edit do not combine")
+  if args.reflect and args.max_new_tokens < 1:
+    raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+  if (args.edit or args.reflect) and (args.vit_size <= 0 or args.vit_size % unit):
     raise ValueError(f"--vit-size {args.vit_size} must be a positive multiple of {unit} (the ViT's patch x merge)")
   if args.steps < 1 or args.seeds < 1:
     raise ValueError(f"--steps and --seeds must be >= 1 (got {args.steps}, {args.seeds})")
@@ -186,10 +198,66 @@ def main(argv=None) -> int:
   out = tile(images, len(args.prompt), args.seeds)
   from PIL import Image
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  if args.reflect:
+    rows = reflect(args, model, params, tok, run, images, seeds, noise.shape[1:])
+    out = tile(np.stack([x for r in rows for x in (r.pop("image_1"), r.pop("final"))]), len(rows), 2)
+    with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
+      json.dump(rows, f, indent=1)
   Image.fromarray(out).save(args.out)
   print(f"wrote {args.out}: {out.shape[1]}x{out.shape[0]} ({len(args.prompt)} prompt(s) x {args.seeds} seed(s), "
         f"{args.steps} steps, {time.perf_counter() - t0:.1f}s)")
   return 0
+
+
+def judge_fn(model, tok, max_new_tokens: int):
+  """The greedy judge: (lm params, ids, mask, pixel values, grids) -> completion texts."""
+  import jax
+
+  from unirl_jax.models.qwen2_5_vl.sampling import Sampler, SamplingConfig
+  lmc = model.config.lm
+  sampler = Sampler(model.lm, SamplingConfig(greedy=True, max_new_tokens=max_new_tokens,
+                                             eos_token_ids=tuple(lmc.eos_token_id), pad_token_id=lmc.pad_token_id))
+
+  def judge(lm_params, ids, mask, pv, grids):
+    out = jax.device_get(sampler(lm_params, ids, mask, pv, grids, rng=jax.random.PRNGKey(0)))
+    return tok.batch_decode([t[:n] for t, n in zip(out["tokens"], out["lengths"])], skip_special_tokens=True)
+
+  return judge
+
+
+def reflect(args, model, params, tok, run, first: np.ndarray, seeds, latent_shape) -> list[dict]:
+  """Judge each image 1 (row p · seeds + s) and regenerate after a no; -> one dict per row with both images."""
+  import jax
+  from PIL import Image
+
+  from unirl_jax import chat, tokenizer as tok_lib
+  from unirl_jax.data import prompts
+  from unirl_jax.scenarios.reflect import second_prompts
+  seeds = list(seeds)
+  texts = [p for p in args.prompt for _ in seeds]
+  proc = chat.image_processor(args.ckpt, max_pixels=args.vit_size * args.vit_size)
+  enc = proc(images=[square(Image.fromarray(x), args.vit_size) for x in first], return_tensors="np")
+  pv, grid = np.asarray(enc["pixel_values"], np.float32), np.asarray(enc["image_grid_thw"])
+  merge = model.config.lm.vision.spatial_merge_size
+  ids, mask = tokenize(tok, [tok_lib.expand_image_tokens(prompts.reflect(t), grid[i:i + 1], merge)
+                             for i, t in enumerate(texts)])
+  completions = judge_fn(model, tok, args.max_new_tokens)(params["lm"], ids, mask, pv, grid)
+  second, judgements, revised = second_prompts(texts, completions)
+  final = first.copy()
+  if revised.any():
+    noise = np.stack([np.asarray(jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(s), 2), latent_shape))
+                      for s in seeds])
+    for j, s in enumerate(seeds):  # one call per seed: each row its own revised prompt
+      rows = [p * len(seeds) + j for p in range(len(args.prompt))]
+      ids2, mask2 = tokenize(tok, [prompts.t2i(second[r]) for r in rows])
+      images = to_uint8(jax.device_get(run(params, ids2, mask2, None, None, None, noise[j:j + 1])))
+      for k, r in enumerate(rows):
+        if revised[r]:
+          final[r] = images[k]
+  return [{"prompt": texts[r], "seed": seeds[r % len(seeds)], "judge": completions[r],
+           "judgement": {1: "yes", 0: "no"}.get(int(judgements[r]), "unparsed"),
+           "second_prompt": second[r] if revised[r] else None, "image_1": first[r], "final": final[r]}
+          for r in range(len(texts))]
 
 
 if __name__ == "__main__":
