@@ -25,9 +25,9 @@ def get_config():
   c.model.init = f"{COLD_START}/final"
   c.prompt_file = f"{DATA}/train_prompts.jsonl"
   c.reward = "reflect_final:1,reflect_judge:0.5,reflect_improve:0.5,reflect_format:0.25"
-  c.reflect = ml_collections.ConfigDict(dict(verifier="geneval_shapes", pass_threshold=1.0, vit_size=56))
-  c.max_text_len = 128  # the judge prompt with image 1's 4 tokens
-  c.lm = ml_collections.ConfigDict(dict(max_new_tokens=48, temperature=1.0, top_k=50, top_p=1.0, beta=0.01,
+  c.reflect = ml_collections.ConfigDict(dict(verifier="geneval_shapes", pass_threshold=1.0, vit_size=84))
+  c.max_text_len = 128  # the judge prompt with image 1's 9 tokens
+  c.lm = ml_collections.ConfigDict(dict(max_new_tokens=96, temperature=1.0, top_k=50, top_p=1.0, beta=0.01,
                                         clip_eps=0.2, aggregation="seq_mean_token_mean"))
   c.train.trainable = ("lm/language_model", "dit", "connector", "t2i_queries")
   c.optim.group_lr = {"lm": c.optim.lr / 3}

@@ -155,7 +155,9 @@ def test_8_devices_with_the_batch_sharded_equal_2(unbroken, tmp_path):
     for k, v in want.items():
       assert got[k] == pytest.approx(v, rel=1e-5, abs=1e-5), (got["step"], k, got[k], v)
   for x, y in zip(jax.tree.leaves(t.params()), jax.tree.leaves(b.params()), strict=True):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5, rtol=1e-5)
+    # 4 Adam steps: Adam's normalised update turns the two reductions' ulp-level gradient differences into up to
+    # ~3e-5 on near-zero-gradient elements (seen on AMD EPYC); the full-model fp32 tolerance, 1e-4.
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-4, rtol=1e-5)
   # The step's rows arrive split over the 8 devices, one trajectory each, and the compiled update takes them so.
   roll = b.task.rollout(2, jax.random.PRNGKey(0))
   exp = roll.experience.replace(advantages=b.put_rows(np.zeros(8, np.float32)))

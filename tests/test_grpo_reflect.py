@@ -33,6 +33,7 @@ def config(prompt_file):
   c.group_size = 2
   c.dm.steps = 2
   c.lm.max_new_tokens = 32
+  c.reflect.vit_size = 56
   c.optim.lr = 1e-3
   c.train.total_steps = 2
   c.train.checkpoint_every = 100
