@@ -109,7 +109,8 @@ def geneval_main(a) -> int:
       raise ValueError(f"--seeds, --batch and --steps must be >= 1 (got {a.seeds}, {a.batch}, {a.steps})")
     with open(os.path.join(a.ckpt, "unified.json")) as f:
       cfg = unified.config_from_dict(json.load(f))
-    size = generate.validate(argparse.Namespace(size=a.size, edit=None, reflect=False, steps=a.steps, seeds=a.seeds), cfg)
+    size = generate.validate(
+        argparse.Namespace(size=a.size, edit=None, reflect=False, steps=a.steps, seeds=a.seeds), cfg)
   except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -50,7 +50,8 @@ def prepare(a) -> tuple:
     raise ValueError(str(e)) from None
   with open(os.path.join(a.ckpt, "unified.json")) as f:
     cfg = unified.config_from_dict(json.load(f))
-  size = generate.validate(argparse.Namespace(size=a.size, edit=None, reflect=False, steps=a.steps, seeds=a.seeds), cfg)
+  size = generate.validate(
+      argparse.Namespace(size=a.size, edit=None, reflect=False, steps=a.steps, seeds=a.seeds), cfg)
   unit = cfg.lm.vision.patch_size * cfg.lm.vision.spatial_merge_size
   if a.vit_size <= 0 or a.vit_size % unit:
     raise ValueError(f"--vit-size {a.vit_size} must be a positive multiple of {unit} (the ViT's patch x merge)")

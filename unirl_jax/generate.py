@@ -247,10 +247,10 @@ def reflect(args, model, params, tok, run, first: np.ndarray, seeds, latent_shap
   if revised.any():
     noise = np.stack([np.asarray(jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(s), 2), latent_shape))
                       for s in seeds])
+    ids2, mask2 = tokenize(tok, [prompts.t2i(t) for t in second])  # one padded length: one compile for all calls
     for j, s in enumerate(seeds):  # one call per seed: each row its own revised prompt
       rows = [p * len(seeds) + j for p in range(len(args.prompt))]
-      ids2, mask2 = tokenize(tok, [prompts.t2i(second[r]) for r in rows])
-      images = to_uint8(jax.device_get(run(params, ids2, mask2, None, None, None, noise[j:j + 1])))
+      images = to_uint8(jax.device_get(run(params, ids2[rows], mask2[rows], None, None, None, noise[j:j + 1])))
       for k, r in enumerate(rows):
         if revised[r]:
           final[r] = images[k]

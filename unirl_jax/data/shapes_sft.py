@@ -80,14 +80,15 @@ def write(out: str, n_train: int = 512, n_eval: int = 96, size: int = 32, seed: 
   for i, rec in enumerate(train):
     objects = shapes.layout(rec, rs)
     path = f"images/{i:05d}.png"
-    shapes.draw(objects, size, rs).save(os.path.join(out, path))
+    img = shapes.draw(objects, size, rs)
+    img.save(os.path.join(out, path))
     scenes.append({"type": "t2i", "image": path, "caption": rec["prompt"]})
     scenes.append({"type": "t2i", "image": path, "caption": describe(objects) + ", on a grey background"})
     cot.append({"type": "chat", "messages": [
         {"role": "user", "content": prompt_lib.RL_T2I_COT.format(rec["prompt"])},
         {"role": "assistant", "content": cot_answer(objects)}]})
     seen, image = objects, path
-    verdict = geneval.evaluate(detect(np.asarray(_open(os.path.join(out, path)))), rec)
+    verdict = geneval.evaluate(detect(np.asarray(img)), rec)
     if rs.rand() < flawed_fraction:
       image = f"images/{i:05d}_flawed.png"
       for _ in range(8):  # a flaw the prompt notices (recolouring an object of no asked colour does not count)
@@ -108,12 +109,6 @@ def write(out: str, n_train: int = 512, n_eval: int = 96, size: int = 32, seed: 
     with open(paths[name], "w") as f:
       f.writelines(json.dumps(r) + "\n" for r in rows)
   return paths
-
-
-def _open(path):
-  from PIL import Image
-  with Image.open(path) as im:
-    return im.convert("RGB")
 
 
 def main(argv=None) -> int:
