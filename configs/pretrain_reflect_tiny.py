@@ -2,7 +2,8 @@
 already draws shape scenes): in every batch, half the rows are flow matching on shape scenes (drawn from
 GenEval-format prompts and from explicit scene descriptions, the kind of prompt a revision is) and half LM
 supervision on judging a scene against its prompt, with a revision after a "no" (unirl_jax.data.shapes_sft).
-The DiT, connector, queries and the whole LM (vision tower too) train; the LM at its own lr.
+The vision tower is fitted to the scenes first (unirl_jax.vit_fit); then the DiT, connector, queries and the LM
+decoder train, the LM at its own lr.
 
 python -m unirl_jax.train --config configs/pretrain_geneval_tiny.py     # the GenEval cold start, once
 python -m unirl_jax.data.shapes_sft --out workdir/shapes_sft
@@ -32,5 +33,11 @@ def get_config():
   c.train.total_steps = 600
   c.train.log_every = 50
   c.train.checkpoint_every = 200
-  c.train.trainable = ("dit", "connector", "t2i_queries", "lm")
+  # The judge has to see image 1: the GenEval cold start's random vision tower is fitted first to point each
+  # cell's token at the LM's words for its colour and shape (unirl_jax.vit_fit; that LM never read an image),
+  # then frozen while the LM decoder learns to judge.
+  c.model.vit_fit_steps = 300
+  c.model.vit_fit_data = "geneval_scenes"
+  c.model.vit_fit_size = 84
+  c.train.trainable = ("dit", "connector", "t2i_queries", "lm/language_model")
   return c

@@ -144,6 +144,8 @@ def test_reward_components_by_hand():
   np.testing.assert_allclose(fns["reflect_final"](inputs), [1.0, 1.0, 0.25, 0.0, 1.0])
   np.testing.assert_allclose(fns["reflect_judge"](inputs), [1.0, 1.0, 0.0, 1.0, 0.0])
   np.testing.assert_allclose(fns["reflect_improve"](inputs), [0.0, 0.75, 0.0, -0.5, 0.0])
+  np.testing.assert_allclose(fns["reflect_passed"](inputs), [1, 0, 0, 0, 1])
+  np.testing.assert_allclose(fns["reflect_says_yes"](inputs), [1, 0, 1, 0, 0])
   total, parts = rewards.score("reflect_final:1,reflect_judge:0.5,reflect_improve:0.5,reflect_format:0.25",
                                inputs, fns)
   np.testing.assert_allclose(parts["reflect_format"], [1, 1, 1, 1, 0])

@@ -45,6 +45,11 @@ class ModelSettings:
   frozen_dtype: Optional[str] = None  # e.g. "bfloat16": frozen weights and the reference policy stored so
   vae_fit_steps: int = 0  # fit a random preset's DC-AE to the synthetic shapes first (unirl_jax.vae_fit)
   vae_fit_data: str = "shapes"  # what it is fitted on: "shapes" (one per image) or "geneval_scenes"
+  # Fit the vision tower to the shape scenes first, aligned to the LM's words (unirl_jax.vit_fit): a random
+  # preset's, or a checkpoint's whose LM has not learned to read images yet (it replaces the tower).
+  vit_fit_steps: int = 0
+  vit_fit_size: int = 84  # the square size it sees them at (its merged tokens must tile the 3 x 3 grid)
+  vit_fit_data: str = "questions"  # the reasoning questions' scenes, or "geneval_scenes" (the reflection judge's)
 
   def __post_init__(self):
     object.__setattr__(self, "remat", _remat(self.remat))
@@ -52,6 +57,10 @@ class ModelSettings:
       raise ConfigError(f"model.scan_unroll must be >= 1, got {self.scan_unroll}")
     if self.kernels not in KERNELS:
       raise ConfigError(f"model.kernels {self.kernels!r} not one of {KERNELS}")
+    if self.vit_fit_steps < 0:
+      raise ConfigError(f"model.vit_fit_steps must be >= 0, got {self.vit_fit_steps}")
+    if self.vit_fit_data not in ("questions", "geneval_scenes"):
+      raise ConfigError(f"model.vit_fit_data {self.vit_fit_data!r} not one of 'questions', 'geneval_scenes'")
     if self.vae_fit_data not in ("shapes", "geneval_scenes"):
       raise ConfigError(f"model.vae_fit_data {self.vae_fit_data!r} not one of 'shapes', 'geneval_scenes'")
 

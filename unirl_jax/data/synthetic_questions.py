@@ -49,7 +49,11 @@ def scene(rs: np.random.RandomState) -> tuple[Obj, ...]:
 
 def shape_question(objs: tuple[Obj, ...], rs: np.random.RandomState) -> dict:
   """A counting, colour or position question about the scene, its answer, and a scene description as thinking."""
-  think = "I see " + ", ".join(f"a {o.color} {o.shape} on the {COLUMNS[o.col]}" for o in objs) + "."
+  # In reading order (row by row, left to right): one right description per image, so the LM learns to look
+  # rather than to guess which of the objects comes next.
+  seen = sorted(objs, key=lambda o: (o.row, o.col))
+  think = "I see " + ", ".join(f"a {o.color} {o.shape} {'in the' if o.col == 1 else 'on the'} {COLUMNS[o.col]}"
+                               for o in seen) + "."
   kind = ("count", "color", "position")[rs.randint(3)]
   if kind == "count":
     shape = SHAPES[rs.randint(3)]

@@ -48,7 +48,8 @@ def reflect_format(inputs: RewardInputs) -> np.ndarray:
 
 
 def make(verifier: Callable[[RewardInputs], np.ndarray], threshold: float) -> dict[str, Callable]:
-  """The three verifier-based rewards; v is scored once per step on image 1 and once on the final images."""
+  """The verifier-based rewards (and two rates to log at weight 0); v is scored once per step on image 1 and once
+  on the final images."""
   cache: dict = {}
 
   def scores(inputs: RewardInputs) -> tuple[np.ndarray, np.ndarray]:
@@ -76,10 +77,20 @@ def make(verifier: Callable[[RewardInputs], np.ndarray], threshold: float) -> di
     v1, vf = scores(inputs)
     return np.where(inputs.need("revised", "reflect_improve"), vf - v1, 0.0).astype(np.float32)
 
+  def passed(inputs):
+    return (scores(inputs)[0] >= threshold).astype(np.float32)
+
+  def says_yes(inputs):
+    return (np.asarray(inputs.need("judgements", "reflect_says_yes")) == YES).astype(np.float32)
+
   final.__doc__ = "The verifier's score of the final image (image 2 after a revision, else image 1)."
   judge.__doc__ = "1 when the judgement agrees with the verifier's verdict on image 1."
   improve.__doc__ = "The verifier's gain of image 2 over image 1 (0 without a revision)."
-  return {"reflect_final": final, "reflect_judge": judge, "reflect_improve": improve}
+  passed.__doc__ = "1 when image 1 passes the verifier (log it at weight 0: with reflect_says_yes and reflect_judge "\
+                   "it gives the judge's accuracy on passing and on failing images apart)."
+  says_yes.__doc__ = "1 when the judgement is 'yes' (log it at weight 0)."
+  return {"reflect_final": final, "reflect_judge": judge, "reflect_improve": improve, "reflect_passed": passed,
+          "reflect_says_yes": says_yes}
 
 
 def _with_images(inputs: RewardInputs, images: np.ndarray) -> RewardInputs:
