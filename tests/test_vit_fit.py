@@ -12,14 +12,12 @@ from unirl_jax.models import unified
 def tower():
   cfg = unified.tiny_qwen_vocab()
   params = unified.UnifiedModel(cfg).init_params(jax.random.PRNGKey(0))
-  words = vit_fit.word_vectors(tokenizer.load(), params["lm"]["language_model"]["embed_tokens"]["embedding"])
-  return cfg.lm, params["lm"]["visual"], words
+  emb = params["lm"]["language_model"]["embed_tokens"]["embedding"]
+  return cfg.lm, params["lm"]["visual"], vit_fit.word_vectors(tokenizer.load(), emb), np.asarray(emb)
 
 
 def test_word_vectors_are_the_lm_embeddings_of_the_class_words(tower):
-  _, _, words = tower
-  emb = np.asarray(unified.UnifiedModel(unified.tiny_qwen_vocab()).init_params(jax.random.PRNGKey(0))
-                   ["lm"]["language_model"]["embed_tokens"]["embedding"])
+  _, _, words, emb = tower
   red = tokenizer.load()(" red", add_special_tokens=False)["input_ids"]
   assert len(red) == 1
   np.testing.assert_allclose(words["color"][list(vit_fit.HEADS["color"]).index("red")],
@@ -29,7 +27,7 @@ def test_word_vectors_are_the_lm_embeddings_of_the_class_words(tower):
 
 
 def test_fit_sees_every_cell_in_the_words_directions(tower):
-  lm_cfg, visual, words = tower
+  lm_cfg, visual, words, _ = tower
   fitted, acc = vit_fit.fit(lm_cfg, visual, steps=300, words=words, n_scenes=1024, seed=0)
   # Held-out scenes (another seed), occupied cells: chance is 1/6 colour, 1/3 shape and column, 1/2 size. The
   # column comes slowest (the tower's RoPE is relative: it has to find the image's edges).

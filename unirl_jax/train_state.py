@@ -35,22 +35,23 @@ def build_model(model_cfg, seed: int):
                                             seed=seed, data=model_cfg.vae_fit_data, log_every=500)
       cfg = model.config
       model = unified.UnifiedModel(cfg.replace(vae=cfg.vae.replace(scaling_factor=scale)))
-    return model, fit_vision_tower(model, params, model_cfg, seed), None
+    return model, fit_vision_tower(model, params, model_cfg, seed, None), None
   if model_cfg.vae_fit_steps:
     raise ValueError("model.vae_fit_steps only applies to a random preset init, not to a checkpoint")
   model, params = unified.load(model_cfg.init, **knobs)
-  return model, fit_vision_tower(model, params, model_cfg, seed), model_cfg.init
+  return model, fit_vision_tower(model, params, model_cfg, seed, model_cfg.init), model_cfg.init
 
 
-def fit_vision_tower(model, params: dict, model_cfg, seed: int) -> dict:
+def fit_vision_tower(model, params: dict, model_cfg, seed: int, model_dir) -> dict:
   """params with the vision tower fitted to the shape scenes when model.vit_fit_steps asks (unirl_jax.vit_fit):
-  the stand-in for a pretrained ViT, since a random tower trained through the tiny LM hardly learns shapes."""
+  the stand-in for a pretrained ViT, since a random tower trained through the tiny LM hardly learns shapes. The
+  words are the run's own tokenizer's (`model_dir`'s when it has one), as the trainer loads it."""
   if not model_cfg.vit_fit_steps:
     return params
   from unirl_jax import tokenizer as tokenizer_lib
   from unirl_jax import vit_fit
   lm = params["lm"]
-  words = vit_fit.word_vectors(tokenizer_lib.load(), lm["language_model"]["embed_tokens"]["embedding"],
+  words = vit_fit.word_vectors(tokenizer_lib.load(model_dir), lm["language_model"]["embed_tokens"]["embedding"],
                                model_cfg.vit_fit_data)
   visual, acc = vit_fit.fit(model.config.lm, lm["visual"], model_cfg.vit_fit_steps, words, model_cfg.vit_fit_size,
                             seed=seed, data=model_cfg.vit_fit_data, log_every=100)

@@ -6,8 +6,8 @@ supervised stage: colour 1.0, shape 0.51), and even a tower fitted to separate t
 on the colour and shape words (it learns only how many objects there are). So a random preset's tower is first
 fitted here the way LLaVA's first stage aligns its projector: each grid cell's merged tokens are read against the
 LM's own (frozen) embeddings of the words naming the cell's colour, shape, size and column (`' red'`,
-`' circle'`, `' small'`, `' left'`; a learned vector for an empty cell), so a token over a red circle points where those words do and the
-LM only has to copy, as it copies operands in the text task.
+`' circle'`, `' small'`, `' left'`; a learned vector for an empty cell), so a token over a red circle points
+where those words do and the LM only has to copy, as it copies operands in the text task.
 """
 
 from __future__ import annotations
@@ -127,12 +127,12 @@ def fit(lm_config, visual_params, steps: int, words: dict[str, np.ndarray], vit_
     return sum(optax.softmax_cross_entropy_with_integer_labels(out[h], y[h]).mean() for h in heads)
 
   tx = optax.adam(lr)
-  data = (jnp.asarray(x_train), {h: jnp.asarray(v) for h, v in y_train.items()})
+  x_train, y_train = jnp.asarray(x_train), {h: jnp.asarray(v) for h, v in y_train.items()}
 
   @jax.jit
   def step(p, opt, i):
     idx = jax.random.choice(jax.random.fold_in(key, 1000 + i), n_scenes, (batch,), replace=False)
-    loss, grads = jax.value_and_grad(loss_fn)(p, data[0][idx], {h: v[idx] for h, v in data[1].items()})
+    loss, grads = jax.value_and_grad(loss_fn)(p, x_train[idx], {h: v[idx] for h, v in y_train.items()})
     upd, opt = tx.update(grads, opt, p)
     return optax.apply_updates(p, upd), opt, loss
 
