@@ -24,7 +24,7 @@ def get_config():
   c.train.tensorboard = False
   c.mesh.data, c.mesh.fsdp = 1, -1
   c.bench = tiny.get_config().bench
-  c.bench.new_tokens = 128
+  c.bench.new_tokens = 512  # CoT's max_new_tokens: the LM decode of gpu_check
   c.bench.kv_cache_dtype = "bfloat16"
   c.bench.compare_lm_batch = 8
   return c

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import tempfile
 
 from absl import app, flags, logging
@@ -25,14 +24,6 @@ _CONFIG = config_flags.DEFINE_config_file("config", os.path.join(ROOT, "configs"
 _JSON = flags.DEFINE_string("json", None, "write every number to this JSON file")
 _COMPARE = flags.DEFINE_enum("compare", None, ["torch"], "also time the PyTorch references")
 _COMPILE_ONLY = flags.DEFINE_bool("compile_only", False, "only lower + compile the update on abstract shapes")
-
-
-def _commit() -> str | None:
-  try:
-    return subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True,
-                          check=True).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    return None
 
 
 def _fmt(x, scale=1.0, unit=""):
@@ -54,7 +45,7 @@ def table(phases: dict) -> str:
 def run(config, compare: str | None = None, compile_only: bool = False, log=print) -> dict:
   from unirl_jax import run_config
   from unirl_jax.bench import devices, grpo
-  out = {"device": devices.describe(), "versions": devices.versions(), "commit": _commit(),
+  out = {"device": devices.describe(), "versions": devices.versions(), "commit": devices.commit(),
          "config": json.loads(config.to_json_best_effort())}
   log(f"device: {out['device']['device_kind']} x{out['device']['device_count']}")
   if compile_only:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import resource
+import subprocess
 from typing import Optional
 
 import jax
@@ -58,3 +60,21 @@ def versions() -> dict:
     except md.PackageNotFoundError:
       pass
   return out
+
+
+def memory_stats() -> Optional[dict]:
+  """Device 0's allocator statistics (bytes in use, peak, limit) on accelerators; None on CPU."""
+  d = jax.devices()[0]
+  stats = d.memory_stats() if d.platform != "cpu" else None
+  keys = ("bytes_in_use", "peak_bytes_in_use", "bytes_limit", "largest_alloc_size", "bytes_reservable_limit")
+  return {k: int(stats[k]) for k in keys if k in stats} if stats else None
+
+
+def commit() -> Optional[str]:
+  """The repository's HEAD commit, or None outside a git checkout."""
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  try:
+    return subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return None

@@ -173,9 +173,9 @@ def _decode_bytes(cfg: unified.UnifiedConfig, lm_params, rows: int, prompt_len: 
   return int(n_new * w + per_pos * sum(prompt_len + i for i in range(n_new)))
 
 
-def compile_update(config) -> dict:
-  """Lowers and compiles the real-size update on abstract shapes (no weights, no device memory):
-  compile time and the compiled step's memory analysis."""
+def abstract_update(config):
+  """The real-size update on abstract shapes: -> (jitted update, (state, frozen, ref, exp) as ShapeDtypeStructs,
+  model, run config). Nothing is allocated."""
   c = config if isinstance(config, run_config.GRPORun) else run_config.load(config)
   name = c.model.init.split(":", 1)[1]
   model = unified.UnifiedModel(unified.with_execution(getattr(unified, name)(), **train_state.execution_knobs(c.model)))
@@ -202,12 +202,19 @@ def compile_update(config) -> dict:
                         s((rows, c.lm.max_new_tokens), jnp.float32))
   exp = Experience(s((rows,), jnp.float32), sched, DMRows(Condition(s(text, jnp.int32), s(text, jnp.int32)), traj),
                    comps)
-  fn = functools.partial(update.update_step, parts, tx, c.train.micro_batch)
+  fn = jax.jit(functools.partial(update.update_step, parts, tx, c.train.micro_batch), donate_argnums=(0,))
+  return fn, (state, frozen, ref, exp), model, c
+
+
+def compile_update(config) -> dict:
+  """Lowers and compiles the real-size update on abstract shapes (no weights, no device memory):
+  compile time and the compiled step's memory analysis."""
+  fn, args, model, c = abstract_update(config)
   t0 = time.perf_counter()
-  lowered = jax.jit(fn, donate_argnums=(0,)).lower(state, frozen, ref, exp)
+  lowered = fn.lower(*args)
   lower_s = time.perf_counter() - t0
   compiled = lowered.compile()
   return {"lower_s": lower_s, "compile_s": time.perf_counter() - t0 - lower_s,
           "memory_analysis": memory_analysis(compiled),
           "params": {k: int(sum(np.prod(x.shape) for x in jax.tree.leaves(v))) for k, v in model.abstract_params().items()},
-          "trajectories": rows}
+          "trajectories": c.rows}
