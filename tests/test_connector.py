@@ -1,61 +1,14 @@
-"""The connector vs a PyTorch module written here from the documented architecture (unirl.md §2.4)."""
+"""The connector vs a PyTorch module written from the documented architecture (unirl.md §2.4;
+unirl_jax.bench.torch_unified.TorchConnector, also the torch GRPO step's)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
+from unirl_jax.bench.torch_unified import TorchConnector
 from unirl_jax.models import connector
-
-
-class TorchRMSNorm(nn.Module):
-  def __init__(self, dim, eps=1e-6):
-    super().__init__()
-    self.weight, self.eps = nn.Parameter(torch.ones(dim)), eps
-
-  def forward(self, x):
-    x32 = x.float()
-    return self.weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
-
-
-class TorchBlock(nn.Module):
-  def __init__(self, d, heads, hidden):
-    super().__init__()
-    self.heads = heads
-    self.norm1, self.norm2 = TorchRMSNorm(d), TorchRMSNorm(d)
-    self.attn = nn.Module()
-    for n in ("q_proj", "k_proj", "v_proj", "out_proj"):
-      setattr(self.attn, n, nn.Linear(d, d))
-    self.attn.q_norm, self.attn.k_norm = TorchRMSNorm(d // heads), TorchRMSNorm(d // heads)
-    self.ffn = nn.Module()
-    self.ffn.w1, self.ffn.w2, self.ffn.w3 = nn.Linear(d, hidden), nn.Linear(d, hidden), nn.Linear(hidden, d)
-
-  def forward(self, x):
-    b, n, d = x.shape
-    h = self.norm1(x)
-    q, k, v = (getattr(self.attn, p)(h).view(b, n, self.heads, -1) for p in ("q_proj", "k_proj", "v_proj"))
-    q, k = self.attn.q_norm(q), self.attn.k_norm(k)
-    o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-    x = x + self.attn.out_proj(o.transpose(1, 2).reshape(b, n, d))
-    h = self.norm2(x)
-    return x + self.ffn.w3(F.silu(self.ffn.w1(h)) * self.ffn.w2(h))
-
-
-class TorchConnector(nn.Module):
-  def __init__(self, cfg):
-    super().__init__()
-    self.layers = nn.ModuleList([TorchBlock(cfg.hidden_size, cfg.num_heads, cfg.intermediate_size)
-                                 for _ in range(cfg.num_layers)])
-    self.norm_final = TorchRMSNorm(cfg.hidden_size)
-    self.output_linear = nn.Linear(cfg.hidden_size, cfg.out_dim)
-
-  def forward(self, x):
-    for blk in self.layers:
-      x = blk(x)
-    return self.output_linear(self.norm_final(x))
 
 
 def torch_connector(cfg, seed=0):
