@@ -37,7 +37,7 @@ def get_config():
   c.dm = ml_collections.ConfigDict(dict(steps=6, shift=3.0, cfg=3.5, noise_level=0.7,
                                         sde_steps=ml_collections.FieldReference(None, field_type=int),
                                         log_prob_reduce="mean", clip_eps=1e-4, beta=4e-3, kl="mean",
-                                        detach_uncond=False, remat_steps=True))
+                                        detach_uncond=False, remat_steps=True, unroll_steps=1))
 
   c.optim = ml_collections.ConfigDict(dict(lr=3e-3, min_lr=0.0, warmup_steps=0, schedule="linear", b1=0.9,
                                            b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=0.0))

@@ -101,3 +101,32 @@ def test_loss_and_gradient_match_on_the_same_trajectories(setup, rollouts):
   # t2i feeds the reference branch zeros: its patch kernel gets no gradient, on both sides exactly.
   g_ref = np.asarray(grads["dit"]["ref_patch_embed"]["proj"]["kernel"])
   assert not g_ref.any() and not t_grads["dit"]["ref_patch_embed"]["proj"]["kernel"].any()
+
+
+def test_bench_torch_step_json_carries_the_step_and_phase_ratios():
+  """`python -m unirl_jax.bench --compare torch-step` on the tiny bench config: the same-trajectory check, then
+  every phase timed on both sides with its ratio."""
+  import json
+  from configs.bench import tiny as bench_tiny
+  from unirl_jax.bench import __main__ as bench
+  from unirl_jax.bench import torch_step
+  c = bench_tiny.get_config()
+  c.bench.repeats = 1
+  out = json.loads(json.dumps(bench.run(c, compare="torch-step", log=lambda *_: None)))
+  r = out["compare_torch_step"]
+  assert out["step_ratio"] == r["step_ratio"] == r["ratio"]["step"]
+  for phase in torch_step.PHASES:
+    assert r["jax"][phase]["median_s"] > 0 and r["torch"][phase]["median_s"] > 0
+    assert r["ratio"][phase] == pytest.approx(r["jax"][phase]["median_s"] / r["torch"][phase]["median_s"])
+  assert r["check"]["loss_rel_diff"] <= 1e-5 and r["check"]["grad_rel_diff"] <= 1e-4
+  assert abs(r["check"]["loss_torch"]) > 0.1  # not a loss that is 0 by symmetry
+  assert "JAX/torch" in torch_step.format_table(r)
+
+
+def test_torch_step_refuses_what_it_does_not_reproduce():
+  from configs.bench import tiny as bench_tiny
+  from unirl_jax.bench import torch_step
+  c = bench_tiny.get_config()
+  c.model.dtype = "bfloat16"
+  with pytest.raises(ValueError, match="model.dtype"):
+    torch_step.compare_step(c, 1)

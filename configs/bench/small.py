@@ -2,7 +2,8 @@
 
 A 4-layer width-256 LM over Qwen's vocabulary, a width-256 4-layer SANA on 16x16 latents (64 px through the
 tiny DC-AE), G=8, 4 SDE steps, 16 new tokens;
-layers unrolled (model.scan_unroll), as suits XLA:CPU at this depth.
+layers and the loss's denoising steps unrolled (model.scan_unroll, dm.unroll_steps; no remat), as suits XLA:CPU
+at this depth.
 """
 
 from configs.bench import tiny
@@ -12,6 +13,8 @@ def get_config():
   c = tiny.get_config()
   c.model.init = "preset:small"
   c.model.scan_unroll = 4  # every stack unrolled: XLA:CPU stacks a scan's per-layer residuals slowly
+  c.dm.unroll_steps = 4  # the loss's denoising steps too, and kept without remat: the same work as torch's step
+  c.dm.remat_steps = False
   c.group_size = 8
   c.image_size = 64
   c.dm.steps = 4

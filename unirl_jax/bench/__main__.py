@@ -1,9 +1,11 @@
-"""`python -m unirl_jax.bench --config configs/bench/X.py [--json OUT.json] [--compare torch] [--compile_only]`.
+"""`python -m unirl_jax.bench --config configs/bench/X.py [--json OUT.json] [--compare torch|torch-step] [--compile_only]`.
 
 Times a GRPO step and each phase (warm-up excluded, compile time apart, median and spread over
 `config.bench.repeats`), with analytic FLOPs, achieved FLOP/s and MFU against the device's bf16 peak.
 `--compare torch` times the same component configs with the same weights in transformers/diffusers after
-checking both sides compute the same outputs. `--compile_only` lowers and compiles the update on abstract
+checking both sides compute the same outputs; `--compare torch-step` times the whole t2i GRPO step and each of its
+phases against the PyTorch reference step (unirl_jax.bench.torch_step) after checking both give the same loss and
+gradient on the same trajectories. `--compile_only` lowers and compiles the update on abstract
 shapes (no weights: a real-size step on any host) and reports compile time and memory analysis; with
 `--config.model.kernels=accelerator` it compiles the layers a GPU/TPU runs rather than the CPU forms.
 """
@@ -22,7 +24,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 _CONFIG = config_flags.DEFINE_config_file("config", os.path.join(ROOT, "configs", "bench", "tiny.py"),
                                           "a bench config (configs/bench/*.py)", lock_config=True)
 _JSON = flags.DEFINE_string("json", None, "write every number to this JSON file")
-_COMPARE = flags.DEFINE_enum("compare", None, ["torch"], "also time the PyTorch references")
+_COMPARE = flags.DEFINE_enum("compare", None, ["torch", "torch-step"],
+                             "torch: also time the PyTorch component references; torch-step: the whole t2i GRPO "
+                             "step against the PyTorch reference step, phase by phase, same weights")
 _COMPILE_ONLY = flags.DEFINE_bool("compile_only", False, "only lower + compile the update on abstract shapes")
 
 
@@ -52,6 +56,12 @@ def run(config, compare: str | None = None, compile_only: bool = False, log=prin
     out["compile_only"] = grpo.compile_update(config)
     log(f"update: lowered in {out['compile_only']['lower_s']:.1f} s, compiled in "
         f"{out['compile_only']['compile_s']:.1f} s; memory_analysis {out['compile_only']['memory_analysis']}")
+    return out
+  if compare == "torch-step":  # its own trainer, on the torch reference's converted weights
+    from unirl_jax.bench import torch_step
+    out["compare_torch_step"] = r = torch_step.compare_step(config, config.bench.repeats, log=log)
+    out["step_ratio"] = r["step_ratio"]
+    log(torch_step.format_table(r))
     return out
   from unirl_jax.rl.trainer import GRPOTrainer
   run_cfg = run_config.load(config)

@@ -22,19 +22,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-_JSON = flags.DEFINE_string("json", None, "write every number to this JSON file")
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(__file__), "..", "..", "configs", "bench", "unirl_zero_t2i.py"),
-    "a bench config (configs/bench/*.py): its model preset, sizes and settings", lock_config=True)
-_REPEATS = flags.DEFINE_integer("repeats", 3, "timed repeats per phase")
 SECTIONS = ("matmul", "lm_decode", "dm_update")
-_SECTIONS = flags.DEFINE_multi_enum("section", list(SECTIONS), list(SECTIONS) + ["grpo_step"],
-                                    "what to run (repeat the flag); grpo_step: the trainer's whole step, slow to build")
-_TRACE = flags.DEFINE_string("trace", None, "trace one more DM update with jax.profiler into this dir and "
-                              "print where its device time goes (unirl_jax.bench.trace_summary)")
-_CACHE = flags.DEFINE_string("compilation_cache", os.path.join(tempfile.gettempdir(), "unirl_jax_xla_cache"),
-                             "persistent XLA cache: the bench's update and the trainer's step compile once")
-
 H100_BYTES, H200_BYTES = 79 * 2 ** 30, 139 * 2 ** 30  # what JAX can allocate on an 80 GB / 141 GB card
 DECODE_ROWS = (8, 32)  # G=8 completions of one prompt; four prompts per device
 
@@ -236,27 +224,48 @@ def run(config, repeats: int = 3, sections=SECTIONS, log=print, save=lambda out:
   return out
 
 
+def _define_flags() -> dict:
+  """The command's flags (defined only when run as a program: unirl_jax.bench's own share their names)."""
+  F = {}
+  F["json"] = flags.DEFINE_string("json", None, "write every number to this JSON file")
+  F["config"] = config_flags.DEFINE_config_file(
+      "config", os.path.join(os.path.dirname(__file__), "..", "..", "configs", "bench", "unirl_zero_t2i.py"),
+      "a bench config (configs/bench/*.py): its model preset, sizes and settings", lock_config=True)
+  F["repeats"] = flags.DEFINE_integer("repeats", 3, "timed repeats per phase")
+  F["sections"] = flags.DEFINE_multi_enum(
+      "section", list(SECTIONS), list(SECTIONS) + ["grpo_step"],
+      "what to run (repeat the flag); grpo_step: the trainer's whole step, slow to build")
+  F["trace"] = flags.DEFINE_string("trace", None, "trace one more DM update with jax.profiler into this dir and "
+                                   "print where its device time goes (unirl_jax.bench.trace_summary)")
+  F["cache"] = flags.DEFINE_string(
+      "compilation_cache", os.path.join(tempfile.gettempdir(), "unirl_jax_xla_cache"),
+      "persistent XLA cache: the bench's update and the trainer's step compile once")
+  return F
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   import jax
-  if _CACHE.value:
-    jax.config.update("jax_compilation_cache_dir", _CACHE.value)
+  if FLAGS['cache'].value:
+    jax.config.update("jax_compilation_cache_dir", FLAGS['cache'].value)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   t0 = time.perf_counter()
 
   def save(out):
     out["wall_s"] = time.perf_counter() - t0
-    if _JSON.value:
-      with open(_JSON.value, "w") as f:
+    if FLAGS['json'].value:
+      with open(FLAGS['json'].value, "w") as f:
         json.dump(out, f, indent=1)
 
-  out = run(_CONFIG.value, _REPEATS.value, tuple(_SECTIONS.value), save=save, trace_dir=_TRACE.value)
+  out = run(FLAGS['config'].value, FLAGS['repeats'].value, tuple(FLAGS['sections'].value), save=save,
+            trace_dir=FLAGS['trace'].value)
   print(summary(out))
-  print(f"wall {out['wall_s']:.0f} s" + (f"; wrote {_JSON.value}" if _JSON.value else ""))
+  print(f"wall {out['wall_s']:.0f} s" + (f"; wrote {FLAGS['json'].value}" if FLAGS['json'].value else ""))
   if out.get("errors"):
     raise SystemExit(f"sections failed: {sorted(out['errors'])}")
 
 
 if __name__ == "__main__":
+  FLAGS = _define_flags()
   app.run(main)
