@@ -13,8 +13,8 @@ from unirl_jax.bench import gpu_check, grpo, trace_summary
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
   trace_dir = str(tmp_path_factory.mktemp("trace"))
-  return gpu_check.run(bench_tiny.get_config(), repeats=1, sections=("lm_decode", "dm_update"),
-                       log=lambda *_: None, trace_dir=trace_dir)
+  return gpu_check.run(bench_tiny.get_config(), repeats=1, sections=("lm_decode", "dm_update", "torch_step"),
+                       log=lambda *_: None, trace_dir=trace_dir, torch_config=bench_tiny.get_config())
 
 
 def test_every_section_reports(result):
@@ -32,7 +32,10 @@ def test_every_section_reports(result):
   _, _, model, rc = grpo.abstract_update(c)
   lh = c.image_size // model.config.vae.spatial_compression_ratio
   assert dm["update"]["flops"] == grpo.phase_flops(model.config, rc, rc.rows, c.max_text_len, (lh, lh), False)["update"]
-  assert "DM update" in gpu_check.summary(result) and "LM decode" in gpu_check.summary(result)
+  ts = result["torch_step"]
+  assert ts["torch_device"] == "cpu" and set(ts["ratio"]) == {"rollout", "reward", "update", "step"}
+  text = gpu_check.summary(result)
+  assert "DM update" in text and "LM decode" in text and "torch step" in text
 
 
 def test_trace_summary_accounts_for_the_update(result):

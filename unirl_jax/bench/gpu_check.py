@@ -3,9 +3,11 @@
 Within ~8 minutes on one H100/H200 it prints and writes: the device's measured bf16 matmul rate; the real-size LM
 decode (Qwen2.5-VL-3B, bf16 weights and KV cache, CoT's 512 new tokens) as a fraction of the HBM roofline; the
 real-size DM update (configs/bench/unirl_zero_t2i.py: 1024 px, G=8 in micro-batches of 2, full remat) with its
-step time, MFU and peak memory, and whether that peak fits 80 GB and 141 GB. `--config` takes any bench config and
-its overrides (e.g. `--config.model.remat=save_dots --config.train.micro_batch=4` to try a variant;
-`--config=configs/bench/tiny.py` runs the same code on tiny models in seconds, as the test suite does).
+step time, MFU and peak memory, and whether that peak fits 80 GB and 141 GB; and the whole t2i GRPO step against
+the PyTorch reference step at configs/bench/mid.py, both in strict fp32 on the device (needs diffusers).
+`--config` takes any bench config for the DM update and its overrides (e.g. `--config.model.remat=save_dots
+--config.train.micro_batch=4` to try a variant; `--config=configs/bench/tiny.py` runs the same code on tiny models
+in seconds, as the test suite does).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-SECTIONS = ("matmul", "lm_decode", "dm_update")
+SECTIONS = ("matmul", "lm_decode", "dm_update", "torch_step")
 H100_BYTES, H200_BYTES = 79 * 2 ** 30, 139 * 2 ** 30  # what JAX can allocate on an 80 GB / 141 GB card
 DECODE_ROWS = (8, 32)  # G=8 completions of one prompt; four prompts per device
 
@@ -166,6 +168,16 @@ def grpo_step(config, repeats: int, log=print) -> dict:
   return {"phases": phases, "init_s": init_s, "peak_memory_bytes": phases.pop("peak_memory_bytes")}
 
 
+def torch_step(config, repeats: int, log=print) -> dict:
+  """The whole t2i GRPO step against the PyTorch reference step at `config` (default configs/bench/mid.py), both
+  in strict fp32 on the device (unirl_jax.bench.torch_step; diffusers must be installed)."""
+  from unirl_jax.bench import torch_step as ts
+  if config is None:
+    from configs.bench import mid
+    config = mid.get_config()
+  return ts.compare_step(config, repeats, log=log)
+
+
 def summary(out: dict) -> str:
   d, lines = out["device"], []
   lines.append(f"device: {d['device_kind']} x{d['device_count']} (datasheet bf16 {_f(d['peak_bf16_flops'], 1e-12)} "
@@ -186,6 +198,10 @@ def summary(out: dict) -> str:
                  f"(target >= 45%), compiled in {u['compile_s']:.0f} s")
     lines.append(f"peak device memory {_f(dm['peak_memory_bytes'], 1 / 2 ** 30)} GiB: fits 80 GB "
                  f"{dm['fits_80gb']}, fits 141 GB {dm['fits_141gb']}")
+  ts = out.get("torch_step")
+  if ts:
+    lines.append(f"torch step ({ts['trajectories']} trajectories, fp32, torch on {ts['torch_device']}): JAX/torch "
+                 + ", ".join(f"{k} {v:.2f}" for k, v in ts["ratio"].items()))
   st = out.get("grpo_step")
   if st:
     lines.append("GRPO step phases: " + ", ".join(f"{k} {v['median_s']:.2f} s" for k, v in st["phases"].items()
@@ -198,7 +214,7 @@ def _f(x, scale=1.0):
 
 
 def run(config, repeats: int = 3, sections=SECTIONS, log=print, save=lambda out: None,
-        trace_dir: str | None = None) -> dict:
+        trace_dir: str | None = None, torch_config=None) -> dict:
   """Each section in turn; one that fails records its error and the rest still run (`save` after each)."""
   import traceback
   import jax
@@ -210,7 +226,8 @@ def run(config, repeats: int = 3, sections=SECTIONS, log=print, save=lambda out:
   fns = {"matmul": lambda: matmul_rate(8192 if on_accel else 256, 20),
          "lm_decode": lambda: lm_decode(config, repeats, out["device"]["peak_hbm_bytes_per_s"], log),
          "dm_update": lambda: dm_update(config, repeats, log, trace_dir),
-         "grpo_step": lambda: grpo_step(config, repeats, log)}
+         "grpo_step": lambda: grpo_step(config, repeats, log),
+         "torch_step": lambda: torch_step(torch_config, repeats, log)}
   for name in sections:
     fn = fns[name]
     t0 = time.perf_counter()

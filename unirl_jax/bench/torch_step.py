@@ -21,8 +21,9 @@ PHASES = ("rollout", "reward", "update", "step")
 LOSS_RTOL = 1e-4  # fp32 sums over the bench's wider layers drift more than the tiny test's 1e-5
 
 
-def _torch_side(tm, ref, run_cfg, condition, texts, reward_fns):
-  """-> no-arg callables of each torch phase, sharing the last rollout's outputs as the trainer does."""
+def _torch_side(tm, ref, run_cfg, condition, texts, reward_fns, device):
+  """-> no-arg callables of each torch phase, sharing the last rollout's outputs as the trainer does (each ends
+  with the device idle, so the host clock times it)."""
   import torch
   from unirl_jax import rewards
   from unirl_jax.bench import torch_unified as tu
@@ -31,7 +32,7 @@ def _torch_side(tm, ref, run_cfg, condition, texts, reward_fns):
   dc = c.dm
   sched = dc.schedule()
   sig, ts = np.asarray(sched.sigmas).tolist(), np.asarray(sched.timesteps).tolist()
-  ids, mask = (torch.from_numpy(np.asarray(a)).long() for a in (condition.ids, condition.mask))
+  ids, mask = (torch.from_numpy(np.asarray(a)).long().to(device) for a in (condition.ids, condition.mask))
   b = ids.shape[0]
   f = tm.cfg.vae.spatial_compression_ratio
   shape = (b, tm.cfg.dit.in_channels, c.image_size // f, c.image_size // f)
@@ -40,15 +41,18 @@ def _torch_side(tm, ref, run_cfg, condition, texts, reward_fns):
   prompts = [t for t in texts for _ in range(c.group_size)]
   last = {}
 
+  sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
   def rollout():
-    x0 = torch.randn(shape)
-    noises = [torch.randn(shape) for _ in ts]
+    x0 = torch.randn(shape, device=device)
+    noises = [torch.randn(shape, device=device) for _ in ts]
     last["lat"], last["lp"], images = tu.rollout(tm, ids, mask, x0, noises, sig, ts, dc)
     last["images"] = images
-    return images
+    sync()
+    return None
 
   def reward():
-    imgs = to_uint8(last["images"].permute(0, 2, 3, 1).numpy())
+    imgs = to_uint8(last["images"].permute(0, 2, 3, 1).cpu().numpy())
     r, _ = rewards.score(c.reward, rewards.RewardInputs(imgs, prompts, None), reward_fns)
     last["adv"] = tu.advantages(np.asarray(r, np.float32), c.group_size)
     return r
@@ -58,7 +62,8 @@ def _torch_side(tm, ref, run_cfg, condition, texts, reward_fns):
     loss = tu.loss(tm, ref, ids, mask, last["lat"], last["lp"], last["adv"], sig, ts, dc)
     loss.backward()
     opt.step()
-    return loss.detach()
+    sync()
+    return None
 
   def step():
     rollout()
@@ -88,13 +93,15 @@ def check_same_step(trainer, trainable, tm, ref, condition, rng) -> dict:
       trainable, trainer.frozen, trainer.ref_trainable, exp)
   sched = c.dm.schedule()
   sig, ts = np.asarray(sched.sigmas).tolist(), np.asarray(sched.timesteps).tolist()
-  ids, mask = (torch.from_numpy(np.asarray(a)).long() for a in (condition.ids, condition.mask))
+  dev = next(tm.parameters()).device
+  ids, mask = (torch.from_numpy(np.asarray(a)).long().to(dev) for a in (condition.ids, condition.mask))
   lat = torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.asarray(traj.latents, np.float32), (1, -1), (0, 2))))
-  lp = torch.from_numpy(np.asarray(traj.log_probs, np.float32).T.copy())
+  lat = lat.to(dev)
+  lp = torch.from_numpy(np.asarray(traj.log_probs, np.float32).T.copy()).to(dev)
 
   def torch_grads(m, r, dtype):
     m.zero_grad()
-    out = tu.loss(m, r, ids, mask, lat.to(dtype), lp.to(dtype), torch.from_numpy(adv).to(dtype), sig, ts,
+    out = tu.loss(m, r, ids, mask, lat.to(dtype), lp.to(dtype), torch.from_numpy(adv).to(dev, dtype), sig, ts,
                   c.dm)
     out.backward()
     g, _ = train_state.split(m.to_jax(grads=True), tuple(trainer.state["trainable"]))
@@ -135,9 +142,16 @@ def compare_step(config, repeats: int, log=print) -> dict:
     raise ValueError(f"--compare torch-step runs the t2i task in float32 (got task {run_cfg.task!r}, "
                      f"model.dtype {run_cfg.model.dtype!r}): use configs/bench/small.py or tiny.py")
   preset = getattr(unified, run_cfg.model.init.split(":", 1)[1])()
+  # On a GPU both sides in strict fp32 (no TF32 matmuls or convolutions on either), the same arithmetic.
+  on_gpu = jax.devices()[0].platform == "gpu" and torch.cuda.is_available()
+  device = torch.device("cuda" if on_gpu else "cpu")
+  if on_gpu:
+    jax.config.update("jax_default_matmul_precision", "highest")
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
   tm = tu.TorchUnified(preset, seed=run_cfg.seed)
   model = unified.UnifiedModel(unified.with_execution(preset, **train_state.execution_knobs(run_cfg.model)))
   params = jax.tree.map(np.asarray, tm.to_jax())
+  tm.to(device)
   ref = tu.reference_copy(tm)
   with tempfile.TemporaryDirectory() as wd:
     trainer = GRPOTrainer(run_cfg, wd, init=(model, params, None))
@@ -150,14 +164,15 @@ def compare_step(config, repeats: int, log=print) -> dict:
     log(f"  same trajectories: loss {check['loss_jax']:.6g} vs {check['loss_torch']:.6g}, gradient relative "
         f"difference {check['grad_rel_diff']:.2g} (to fp64 {check['grad_rel_diff_to_fp64']:.2g}, torch fp32's "
         f"{check['torch_fp32_grad_rel_diff_to_fp64']:.2g})")
-  torch_fns = _torch_side(tm, ref, run_cfg, condition, texts, trainer.reward_fns)
+  torch_fns = _torch_side(tm, ref, run_cfg, condition, texts, trainer.reward_fns, device)
   torch_phases = {}
   for name in PHASES:
     torch_phases[name] = time_fn(torch_fns[name], repeats, warmup=1 if name != "reward" else 0)
     log(f"  torch {name:8s} {torch_phases[name]['median_s'] * 1e3:10.2f} ms")
   ratio = {k: jax_phases[k]["median_s"] / torch_phases[k]["median_s"] for k in PHASES}
   return {"check": check, "jax": {k: jax_phases[k] for k in PHASES}, "torch": torch_phases, "ratio": ratio,
-          "step_ratio": ratio["step"], "torch_threads": torch.get_num_threads(), "trajectories": run_cfg.rows}
+          "step_ratio": ratio["step"], "torch_threads": torch.get_num_threads(), "torch_device": str(device),
+          "trajectories": run_cfg.rows}
 
 
 def format_table(r: dict) -> str:

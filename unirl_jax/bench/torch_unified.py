@@ -81,12 +81,13 @@ def randomise(module: nn.Module, seed: int, scale: float = 0.1) -> None:
   g = torch.Generator().manual_seed(seed)
   with torch.no_grad():
     for p in module.parameters():
-      p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+      p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype).to(p.device))
 
 
 class TorchUnified(nn.Module):
   """blip3oQwenModel's parts at a unified config (fp32): `lm` (frozen), `t2i_queries`, `connector`, `dit` + the
-  reference branch `ref_patch_embed` / `ref_linear` (added to the patch tokens: zeros in text-to-image), `vae`."""
+  reference branch `ref_patch_embed` / `ref_linear` (added to the patch tokens: zeros in text-to-image), `vae`.
+  Built on the CPU; `.to(device)` moves it (the step's functions follow their inputs' device)."""
 
   def __init__(self, cfg, seed: int = 0):
     super().__init__()
@@ -133,7 +134,7 @@ class TorchUnified(nn.Module):
           key = unirl + name[len(pre):] if pre.endswith(".") or pre == "ref_" else unirl
           break
       t = (p.grad if p.grad is not None else torch.zeros_like(p)) if grads else p
-      out[key] = t.detach().float().numpy()
+      out[key] = t.detach().float().cpu().numpy()
     return out
 
   def to_jax(self, grads: bool = False) -> dict:
@@ -151,7 +152,7 @@ class TorchUnified(nn.Module):
     the connector (the original's RL path)."""
     emb = self.lm.model.get_input_embeddings()(ids)
     q = self.t2i_queries.expand(ids.shape[0], -1, -1)
-    m = torch.cat([mask, torch.ones(ids.shape[0], q.shape[1], dtype=mask.dtype)], 1)
+    m = torch.cat([mask, torch.ones(ids.shape[0], q.shape[1], dtype=mask.dtype, device=mask.device)], 1)
     h = self.lm.model.language_model(inputs_embeds=torch.cat([emb, q], 1), attention_mask=m).last_hidden_state
     return self.connector(h[:, -q.shape[1]:])
 
@@ -160,7 +161,7 @@ class TorchUnified(nn.Module):
     b = x.shape[0]
     caps = torch.cat([torch.zeros_like(cond), cond])
     v = self.dit(torch.cat([x, x]), caps, t.repeat(2),
-                 encoder_attention_mask=torch.ones(2 * b, cond.shape[1], dtype=torch.long)).sample
+                 encoder_attention_mask=torch.ones(2 * b, cond.shape[1], dtype=torch.long, device=x.device)).sample
     return v[:b] + scale * (v[b:] - v[:b])
 
 
@@ -190,7 +191,7 @@ def rollout(m: TorchUnified, ids, mask, x0, noises, sigmas, timesteps, dc):
   cond = m.condition(ids, mask)
   x, xs, lps = x0, [x0], []
   for i in range(len(timesteps)):
-    t = torch.full((x.shape[0],), float(timesteps[i]))
+    t = torch.full((x.shape[0],), float(timesteps[i]), device=x.device)
     v = m.guided_velocity(x, t, cond, dc.cfg)
     x, _, _, lp = sde_step(x, v, sigmas[i], sigmas[i + 1], sigmas[1], dc.noise_level, noise=noises[i])
     xs.append(x)
@@ -223,12 +224,12 @@ def loss(m: TorchUnified, ref: TorchUnified, ids, mask, latents, old_log_probs, 
   cond = m.condition(ids, mask)
   with torch.no_grad():
     cond_ref = ref.condition(ids, mask)
-  adv = torch.as_tensor(adv)
+  adv = torch.as_tensor(adv, device=latents.device)
   pg, kl = 0.0, 0.0
   n = len(timesteps)
   for i in range(n):
     x, prev = latents[i], latents[i + 1]
-    t = torch.full((x.shape[0],), float(timesteps[i]))
+    t = torch.full((x.shape[0],), float(timesteps[i]), device=x.device)
     v = m.guided_velocity(x, t, cond, dc.cfg)
     _, mean, std, lp = sde_step(x, v, sigmas[i], sigmas[i + 1], sigmas[1], dc.noise_level, prev=prev)
     with torch.no_grad():

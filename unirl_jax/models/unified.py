@@ -333,3 +333,19 @@ def small(**kw) -> UnifiedConfig:
                       caption_channels=128, sample_size=16, ref_branch=True)
   return cfg.replace(lm=lm, connector=connector_lib.tiny(hidden_size=256, num_heads=4, intermediate_size=512,
                                                          out_dim=128), dit=dit)
+
+
+def mid(**kw) -> UnifiedConfig:
+  """An accelerator-comparison size (~0.5 B params): an 8-layer width-1024 LM over Qwen's vocabulary, a 4-layer
+  width-1024 connector, an 8-layer width-1120 SANA (SANA-1.6B's head and FFN shapes) on 32x32 latents (1,024
+  tokens, as at 1024 px) through the tiny DC-AE (128 px images)."""
+  cfg = tiny_qwen_vocab(**kw)
+  text = dataclasses.replace(cfg.lm.text, hidden_size=1024, intermediate_size=2816, num_hidden_layers=8,
+                             num_attention_heads=16, num_key_value_heads=2, mrope_section=(8, 12, 12))
+  lm = cfg.lm.replace(text=text, vision=dataclasses.replace(cfg.lm.vision, out_hidden_size=1024))
+  c = cfg.vae.latent_channels
+  dit = sana_lib.tiny(in_channels=c, out_channels=c, num_attention_heads=35, attention_head_dim=32, num_layers=8,
+                      num_cross_attention_heads=10, cross_attention_head_dim=112, cross_attention_dim=1120,
+                      caption_channels=1152, sample_size=32, ref_branch=True)
+  return cfg.replace(lm=lm, connector=connector_lib.tiny(hidden_size=1024, num_heads=8, intermediate_size=2048,
+                                                         out_dim=1152, num_layers=4), dit=dit)
