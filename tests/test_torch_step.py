@@ -130,3 +130,22 @@ def test_torch_step_refuses_what_it_does_not_reproduce():
   c.model.dtype = "bfloat16"
   with pytest.raises(ValueError, match="model.dtype"):
     torch_step.compare_step(c, 1)
+
+
+def test_unrolled_steps_without_remat_give_the_same_loss_and_gradient(setup, rollouts):
+  """dm.unroll_steps / remat_steps=False (the CPU bench's execution) change how the loss runs, not what it is."""
+  import dataclasses
+  _, _, _, model, params, ref_params, ids, mask, sched, _ = setup
+  trainable, frozen = train_state.split(params, TRAINED)
+  ref_trainable, _ = train_state.split(ref_params, TRAINED)
+  exp = Experience(jnp.asarray([1.5, -0.5, 0.25, -1.25]), sched,
+                   DMRows(Condition(jnp.asarray(ids), jnp.asarray(mask)), rollouts[0]))
+  fast = dataclasses.replace(DC, unroll_steps=DC.steps, remat_steps=False)
+  out = [jax.jit(lambda t, f, r, e, dc=dc: grpo_grads((dm.DMLoss(model, dc),), t, f, r, e)[:2])(
+      trainable, frozen, ref_trainable, exp) for dc in (DC, fast)]
+  np.testing.assert_allclose(float(out[0][0]), float(out[1][0]), rtol=1e-6)
+  top = max(float(np.abs(np.asarray(g)).max()) for g in jax.tree.leaves(out[0][1]))
+  for a, b in zip(jax.tree.leaves(out[0][1]), jax.tree.leaves(out[1][1])):  # floor: the zero-by-symmetry biases
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7 * top)
+  with pytest.raises(ValueError, match="unroll_steps"):
+    dataclasses.replace(DC, unroll_steps=0)
