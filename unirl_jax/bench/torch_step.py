@@ -11,7 +11,6 @@ checkpointing (the original's is inferred on; without it torch does less work, t
 from __future__ import annotations
 
 import tempfile
-import time
 
 import jax
 import jax.numpy as jnp
