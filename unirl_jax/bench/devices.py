@@ -42,9 +42,9 @@ def describe() -> dict:
 
 def peak_memory_bytes() -> Optional[int]:
   """Peak bytes in use on device 0 (accelerators); on CPU the process's max RSS."""
-  stats = jax.devices()[0].memory_stats() if jax.devices()[0].platform != "cpu" else None
+  stats = memory_stats()
   if stats and "peak_bytes_in_use" in stats:
-    return int(stats["peak_bytes_in_use"])
+    return stats["peak_bytes_in_use"]
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 

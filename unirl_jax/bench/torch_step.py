@@ -149,7 +149,7 @@ def compare_step(config, repeats: int, log=print) -> dict:
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
   tm = tu.TorchUnified(preset, seed=run_cfg.seed)
   model = unified.UnifiedModel(unified.with_execution(preset, **train_state.execution_knobs(run_cfg.model)))
-  params = jax.tree.map(np.asarray, tm.to_jax())
+  params = tm.to_jax()
   tm.to(device)
   ref = tu.reference_copy(tm)
   with tempfile.TemporaryDirectory() as wd:

@@ -108,15 +108,13 @@ class TorchUnified(nn.Module):
     self.ref_linear = nn.Linear(inner, inner)
     self.vae = AutoencoderDC(**{k: v for k, v in cfg.vae.to_diffusers_dict().items() if not k.startswith("_")})
     randomise(self, seed)
-    self._ref = None
     self.dit.patch_embed.register_forward_hook(self._add_reference)
     self.lm.eval(), self.vae.eval()
     self.lm.requires_grad_(False), self.vae.requires_grad_(False), self.i2i_queries.requires_grad_(False)
 
   def _add_reference(self, module, inputs, tokens):
     """UniRL's edit conditioning on the patch tokens: + ref_linear(ref_patch_embed(ref)), ref = 0 for t2i."""
-    ref = torch.zeros_like(inputs[0]) if self._ref is None else self._ref
-    r = self.ref_patch_embed.proj(ref).flatten(2).transpose(1, 2)
+    r = self.ref_patch_embed.proj(torch.zeros_like(inputs[0])).flatten(2).transpose(1, 2)
     return tokens + self.ref_linear(r)
 
   def trained_parameters(self):
