@@ -86,14 +86,28 @@ def test_served_reward_equals_the_local_one():
     ((200, scores_body([1.0, 2.0]), 0), "returned 2 scores for 3 rows"),
     ((200, b'{"scores": [1.0, NaN, 2.0]}', 0), r"non-finite or non-numeric scores at rows \[1\]"),
     ((200, scores_body([1.0, "x", 2.0]), 0), r"non-finite or non-numeric scores at rows \[1\]"),
-    ((400, b"bad batch", 0), "refused the request"),
 ])
-def test_bad_replies_fail_at_once_naming_the_server(reply, msg):
+def test_bad_replies_are_retried_then_fail_naming_the_server_and_the_fault(reply, msg):
   server, seen = scripted([reply])
   with serving(server) as url:
-    with pytest.raises(RemoteRewardError, match=msg) as e:
+    with pytest.raises(RemoteRewardError, match=f"failed 3 times; last: .*{msg}") as e:
       RemoteReward(url, retries=2, backoff_s=0.01)(batch())
-  assert url in str(e.value) and len(seen) == 1  # not retried
+  assert url in str(e.value) and len(seen) == 3
+
+
+def test_a_bad_reply_then_a_good_one_succeeds():
+  server, seen = scripted([(200, b"<html>oops</html>", 0), (200, scores_body([0.5, 1.5, 2.5]), 0)])
+  with serving(server) as url:
+    np.testing.assert_array_equal(RemoteReward(url, retries=2, backoff_s=0.01)(batch()), [0.5, 1.5, 2.5])
+  assert len(seen) == 2
+
+
+def test_a_refused_request_fails_at_once():
+  server, seen = scripted([(400, b"bad batch", 0)])
+  with serving(server) as url:
+    with pytest.raises(RemoteRewardError, match="refused the request") as e:
+      RemoteReward(url, retries=2, backoff_s=0.01)(batch())
+  assert url in str(e.value) and len(seen) == 1  # our request is wrong: asking again cannot help
 
 
 def test_a_500_then_success_is_retried():

@@ -22,13 +22,21 @@ def save_params(path: str, params: Any) -> None:
   """Writes a param pytree (numpy or jax arrays) to `path`, restorable by `restore_params`.
 
   Host (numpy) arrays are written without orbax's defensive deep copy, so converting a checkpoint needs
-  about the params' size in RAM, not twice it. Callers must not mutate them until this returns.
+  about the params' size in RAM, not twice it. Callers must not mutate them until this returns. A tree of host
+  arrays is written by the calling process alone (in a multi-process run: process 0 exports); one with jax arrays
+  needs every process.
   """
   handlers = ocp.type_handlers
   registry = handlers.create_type_handler_registry(
       (np.ndarray, handlers.NumpyHandler(deepcopy_host_arrays=False)), (jax.Array, handlers.ArrayHandler()),
       (int, handlers.ScalarHandler()), (float, handlers.ScalarHandler()), (np.number, handlers.ScalarHandler()))
-  ckptr = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(type_handler_registry=registry))
+  # Host arrays are written by this process alone (in a multi-process run the others do not take part).
+  alone = ocp.options.MultiprocessingOptions(primary_host=jax.process_index(), active_processes={jax.process_index()},
+                                             barrier_sync_key_prefix=f"save_params_{jax.process_index()}")
+  if any(isinstance(x, jax.Array) for x in jax.tree.leaves(params)):
+    alone = ocp.options.MultiprocessingOptions()
+  ckptr = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(type_handler_registry=registry, multiprocessing_options=alone),
+                           multiprocessing_options=alone)
   ckptr.save(os.path.abspath(path), args=ocp.args.PyTreeSave(params))
   ckptr.close()
 
@@ -67,14 +75,38 @@ def restore_params(path: str, target: Any = None, shardings: Any = None, as_nump
     ckptr.close()
 
 
+TMP_MARK = ".orbax-checkpoint-tmp"  # orbax writes a step into STEP.orbax-checkpoint-tmp-* and renames it when done
+
+
 class TrainCheckpoints:
-  """Step-numbered train-state checkpoints (async saves, keep the last K), restored into given shardings."""
+  """Step-numbered train-state checkpoints (async saves, keep the last K), restored into given shardings.
+
+  A save cut short (the process killed while writing) leaves a temporary dir that is never taken for a checkpoint:
+  it is reported in `incomplete` and removed; `restore_latest` falls back past a checkpoint that does not read."""
 
   def __init__(self, directory: str, max_to_keep: Optional[int] = 3, save_interval_steps: int = 1,
                async_save: bool = True):
+    directory = os.path.abspath(directory)
+    self.incomplete = sorted(n for n in os.listdir(directory) if TMP_MARK in n) if os.path.isdir(directory) else []
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
-                                           enable_async_checkpointing=async_save)
-    self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
+                                           enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
+    self.manager = ocp.CheckpointManager(directory, options=options)
+
+  def restore_latest(self, abstract_state: Any, shardings: Any = None, log=print) -> tuple[Any, Any, Optional[int]]:
+    """(state, extra, step) of the newest checkpoint that reads, or (None, None, None) when there is none. Each
+    incomplete save and each unreadable checkpoint passed over is reported through `log`."""
+    for name in self.incomplete:
+      log(f"checkpoint {os.path.join(str(self.manager.directory), name)} was left incomplete (the run stopped "
+          f"while saving it): ignored")
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        state, extra = self.restore(abstract_state, step, shardings, with_extra=True)
+      except Exception as e:  # noqa: BLE001  (any failure to read it: fall back to the one before)
+        log(f"checkpoint step {step} in {self.manager.directory} does not read ({type(e).__name__}: "
+            f"{str(e)[:200]}): trying the previous one")
+        continue
+      return state, extra, step
+    return None, None, None
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()

@@ -12,17 +12,21 @@ import numpy as np
 
 
 class MetricsLog:
-  """Context manager; `write(row)` logs every numeric field of `row` (which must hold "step") to both sinks."""
+  """Context manager; `write(row)` logs every numeric field of `row` (which must hold "step") to both sinks.
+  enabled=False (the other processes of a multi-process run) writes nothing but still keeps `last`."""
 
-  def __init__(self, workdir: str, resume_step: int = 0, tensorboard: bool = True):
+  def __init__(self, workdir: str, resume_step: int = 0, tensorboard: bool = True, enabled: bool = True):
     self.path = os.path.join(workdir, "metrics.jsonl")
     self.tb_dir = os.path.join(workdir, "tensorboard")
     self.resume_step = resume_step
     self.tensorboard = tensorboard
+    self.enabled = enabled
     self._f = self._tb = None
     self.last: dict | None = None  # the latest row written
 
   def __enter__(self):
+    if not self.enabled:
+      return self
     truncate(self.path, self.resume_step)
     self._f = open(self.path, "a")
     if self.tensorboard:
@@ -37,6 +41,8 @@ class MetricsLog:
 
   def write(self, row: dict) -> None:
     self.last = row
+    if not self.enabled:
+      return
     self._f.write(json.dumps(row) + "\n")
     self._f.flush()
     if self._tb is not None:
@@ -49,7 +55,7 @@ class MetricsLog:
 
   def image(self, tag: str, step: int, png: bytes, height: int, width: int) -> None:
     """An encoded PNG as a TensorBoard image (the same grid that goes to samples/)."""
-    if self._tb is None:
+    if self._tb is None or not self.enabled:
       return
     from tensorboard.compat.proto import event_pb2, summary_pb2
     img = summary_pb2.Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=png)
@@ -58,23 +64,44 @@ class MetricsLog:
                                                                                                    image=img)])))
 
   def __exit__(self, *exc):
+    if not self.enabled:
+      return
     self._f.close()
     if self._tb is not None:
       self._tb.close()
 
 
-def read(path: str) -> list[dict]:
+def _rows(path: str) -> list[tuple[str, dict]]:
+  """(line, row) of every complete row; a run killed while writing leaves a last line cut short, skipped here."""
+  out = []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    for line in f:
+      if not line.endswith("\n"):
+        break
+      try:
+        out.append((line, json.loads(line)))
+      except json.JSONDecodeError:
+        if line.strip():
+          raise ValueError(f"{path}: a metrics row that is not JSON: {line[:80]!r}") from None
+  return out
+
+
+def read(path: str) -> list[dict]:
+  return [row for _, row in _rows(path)]
 
 
 def truncate(path: str, upto: int) -> None:
-  """On resume, drop rows logged after the restored checkpoint so the file holds one clean curve."""
+  """On resume, drop rows logged after the restored checkpoint so the file holds one clean curve (rewritten
+  atomically: a kill during it leaves the old file)."""
   if not os.path.exists(path):
     return
-  rows = [line for line in open(path) if line.strip() and json.loads(line)["step"] <= upto]
-  with open(path, "w") as f:
-    f.writelines(rows)
+  keep = [line for line, row in _rows(path) if row["step"] <= upto]
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.writelines(keep)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
 
 
 def save_grid(images: np.ndarray, cols: int, path: str) -> np.ndarray:

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from unirl_jax import optim, run_config, sharding, train_state
+from unirl_jax import distributed, optim, run_config, sharding, train_state
 from unirl_jax.data import pipeline as data_pipeline
 from unirl_jax.data.pipeline import PretrainBatch
 from unirl_jax.data import records as records_lib
@@ -91,24 +91,12 @@ class Pretrainer(Trainer):
   def _dataset(self):
     d = self.config.data
     sources = list(d.sources)
-    if not sources:  # the tiny defaults: a synthetic dataset made on first use
+    if not sources:  # the tiny defaults: a synthetic dataset made on first use (by process 0)
       out = os.path.join(self.workdir, "synthetic_data")
-      if d.synthetic == "geneval_scenes":
-        from unirl_jax.data import shapes
-        manifest = os.path.join(out, "scenes.jsonl")
-        if not os.path.exists(manifest):
-          shapes.write(out, n_train=d.synthetic_n, size=d.image_size, seed=self.config.seed)
-      elif d.synthetic == "shape_edits":
-        from unirl_jax.data import shape_edits
-        manifest = os.path.join(out, "edit_pairs.jsonl")
-        if not os.path.exists(manifest):
-          shape_edits.write(out, n_train=d.synthetic_n, size=d.image_size, seed=self.config.seed)
-      else:
-        from unirl_jax.data import synthetic
-        manifest = os.path.join(out, "train.jsonl")
-        if not os.path.exists(manifest):
-          synthetic.generate(out, n=d.synthetic_n, size=d.image_size, seed=self.config.seed)
-      sources = [manifest]
+      if distributed.is_main():
+        self._synthetic(out)
+      distributed.barrier("synthetic_data")
+      sources = [self._synthetic(out, write=False)]
     records, stats = records_lib.read_sources(sources, skip_bad=d.skip_bad)
     self.read_stats = stats
     if stats.skipped:
@@ -121,7 +109,27 @@ class Pretrainer(Trainer):
       raise ValueError(f"data.image_size {d.image_size} is not a multiple of the VAE compression {f}")
     pre = data_pipeline.Preprocessor(self.tok, self.image_spec, d.max_text_len, lm.pad_token_id, d.max_target_len)
     return data_pipeline.make_dataset(records, pre, d.batch_size, self.config.seed, dict(d.task_weights) or None,
-                                      d.mix)
+                                      d.mix, local_rows=self.local_rows)
+
+  def _synthetic(self, out: str, write: bool = True) -> str:
+    """The manifest of the config's synthetic dataset in `out`, written first when missing (and `write`)."""
+    d = self.config.data
+    if d.synthetic == "geneval_scenes":
+      from unirl_jax.data import shapes
+      manifest, make = "scenes.jsonl", lambda: shapes.write(out, n_train=d.synthetic_n, size=d.image_size,
+                                                            seed=self.config.seed)
+    elif d.synthetic == "shape_edits":
+      from unirl_jax.data import shape_edits
+      manifest, make = "edit_pairs.jsonl", lambda: shape_edits.write(out, n_train=d.synthetic_n, size=d.image_size,
+                                                                     seed=self.config.seed)
+    else:
+      from unirl_jax.data import synthetic
+      manifest, make = "train.jsonl", lambda: synthetic.generate(out, n=d.synthetic_n, size=d.image_size,
+                                                                 seed=self.config.seed)
+    manifest = os.path.join(out, manifest)
+    if write and not os.path.exists(manifest):
+      make()
+    return manifest
 
   # ---- the step ---------------------------------------------------------------------------------
 
@@ -148,6 +156,9 @@ class Pretrainer(Trainer):
       return flow_matching_loss(model, train_state.merge(tr, frozen), b, rng, lc, grid)
 
     def step(state, frozen, parts):
+      # The ViT patches travel per row (B, patches, C*T*P*P), split over the batch axes like the rest.
+      parts = {k: b if b.pixel_values is None else b.replace(pixel_values=b.pixel_values.reshape(
+          -1, b.pixel_values.shape[-1])) for k, b in parts.items()}
       rng = jax.random.fold_in(jax.random.PRNGKey(seed), state["step"])
 
       def loss_fn(tr):
@@ -165,10 +176,8 @@ class Pretrainer(Trainer):
       state, g = train_state.apply_gradients(tx, state, loss, grads)
       return state, {"loss": loss, **g, **aux}
 
-    # Images and prompts split over the batch axes; the ViT patches stay whole (the vision tower's window layout
-    # is per image, not per row).
-    batch_sh = {name: jax.tree.map(lambda v: sharding.batch_sharding(self.mesh, np.ndim(v)), b).replace(
-        pixel_values=None if b.pixel_values is None else self.replicated) for name, b in parts.items()}
+    batch_sh = {name: jax.tree.map(lambda v: sharding.batch_sharding(self.mesh, np.ndim(v)), self._rows(b))
+                for name, b in parts.items()}
     frozen_sh = jax.tree.map(lambda x: x.sharding, self.frozen)
     fn = jax.jit(step, donate_argnums=(0,), in_shardings=(self.state_shardings, frozen_sh, batch_sh),
                  out_shardings=(self.state_shardings, self.replicated))
@@ -179,9 +188,16 @@ class Pretrainer(Trainer):
     """One update on a batch (`PretrainBatch`, or data.mix='rows' a dict stream -> `PretrainBatch`)."""
     parts = self.parts(batch)
     fn, batch_sh = self._step_fn(parts)
-    parts = jax.tree.map(lambda s, v: jax.make_array_from_process_local_data(s, np.asarray(v)), batch_sh, parts)
+    parts = self.put_rows({k: self._rows(b) for k, b in parts.items()}, local=True)
     self.state, m = fn(self.state, self.frozen, parts)
     return m
+
+  @staticmethod
+  def _rows(b: PretrainBatch) -> PretrainBatch:
+    """The pipeline's (B * patches, ...) ViT patches as (B, patches, ...): every field split by rows."""
+    if b.pixel_values is None:
+      return b
+    return b.replace(pixel_values=np.reshape(b.pixel_values, (b.input_ids.shape[0], -1, b.pixel_values.shape[-1])))
 
   # ---- the loop ---------------------------------------------------------------------------------
 
@@ -192,7 +208,7 @@ class Pretrainer(Trainer):
 
     def step_fn(step):
       batch = next(it)
-      m = jax.device_get(self.train_step(batch))
+      m = self.gather(self.train_step(batch))
       row = {"step": step, "loss": float(m["loss"]), "grad_norm": float(m["grad_norm"]),
              "skipped": int(m["skipped"]), "task": "+".join(self.parts(batch)),
              **{k: float(v) for k, v in m.items() if k.startswith("loss_")},
@@ -201,6 +217,8 @@ class Pretrainer(Trainer):
       return row, None
 
     def log_line(step, _, log):
+      if not distributed.is_main():
+        return
       r = log.last
       print(f"step {step:5d}  loss {r['loss']:.4f}  grad_norm {r['grad_norm']:.3f}  lr {r['lr']:.2e}  "
             f"{r['step_time']:.2f}s/step")

@@ -16,6 +16,7 @@ from collections import abc
 from typing import Any, Mapping, Optional, Union
 
 from unirl_jax import rewards
+from unirl_jax.distributed import DistributedSettings
 from unirl_jax.data import prompts as prompt_lib
 from unirl_jax.models.layers import KERNELS, REMAT_POLICIES
 from unirl_jax.rl.advantages import AdvantageConfig
@@ -216,6 +217,7 @@ class GRPORun:
   optim: OptimSettings = OptimSettings()
   train: TrainSettings = TrainSettings()
   mesh: MeshConfig = MeshConfig()
+  distributed: DistributedSettings = DistributedSettings()  # multi-process runs (unirl_jax.distributed)
   bench: BenchSettings = BenchSettings()
 
   def __post_init__(self):
@@ -301,6 +303,7 @@ class PretrainRun:
   train: TrainSettings = TrainSettings(total_steps=300, checkpoint_every=100,
                                        trainable=("dit", "connector", "t2i_queries", "i2i_queries"))
   mesh: MeshConfig = MeshConfig()
+  distributed: DistributedSettings = DistributedSettings()  # multi-process runs (unirl_jax.distributed)
 
   def total_steps(self, n_prompts: int = 0) -> int:
     if not self.train.total_steps:

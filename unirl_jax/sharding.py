@@ -128,3 +128,15 @@ def batch_sharding(mesh: Mesh, ndim: int, batch_axis: int = 0, rules=None) -> Na
 def shard_batch(batch: Any, mesh: Mesh, batch_axis: int = 0) -> Any:
   """Places every array of a batch pytree with its `batch_axis` split over (data, fsdp)."""
   return jax.tree.map(lambda x: jax.device_put(x, batch_sharding(mesh, np.ndim(x), batch_axis)), batch)
+
+
+def process_rows(mesh: Mesh, n: int, rules=None) -> slice:
+  """The contiguous rows of an n-row batch (split over the batch axes) that this process's devices hold."""
+  idx = batch_sharding(mesh, 1, rules=rules).addressable_devices_indices_map((n,))
+  spans = sorted({(s[0].start or 0, n if s[0].stop is None else s[0].stop) for s in idx.values()})
+  lo, hi = spans[0][0], spans[-1][1]
+  covered = sum(b - a for a, b in spans)
+  if covered != hi - lo:
+    raise ValueError(f"this process's devices hold rows {spans} of the batch, not one contiguous block: order the "
+                     f"mesh's devices by process (jax.devices() does)")
+  return slice(lo, hi)

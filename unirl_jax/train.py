@@ -20,6 +20,8 @@ def run(config, workdir: str | None = None):
   from unirl_jax import run_config
   run_cfg = config if isinstance(config, (run_config.GRPORun, run_config.PretrainRun)) else run_config.load(config)
   workdir = workdir or run_cfg.workdir
+  from unirl_jax import distributed
+  distributed.initialize(run_cfg.distributed)  # before anything touches a device
   if run_cfg.mode == "grpo":
     from unirl_jax.rl.trainer import GRPOTrainer
     history = GRPOTrainer(run_cfg, workdir).run()
@@ -28,7 +30,9 @@ def run(config, workdir: str | None = None):
     trainer = Pretrainer(run_cfg, workdir)
     history = trainer.run()
     trainer.export()
-  print(f"final params: {os.path.join(workdir, 'final')} (python -m unirl_jax.generate --ckpt {workdir} --prompt ...)")
+  if distributed.is_main():
+    print(f"final params: {os.path.join(workdir, 'final')} (python -m unirl_jax.generate --ckpt {workdir} "
+          f"--prompt ...)")
   return history
 
 

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from unirl_jax import checkpoint, metrics, optim, sharding, train_state
+from unirl_jax import checkpoint, distributed, metrics, optim, sharding, train_state
 from unirl_jax import tokenizer as tokenizer_lib
 
 
@@ -72,24 +72,44 @@ class Trainer:
     """Shardings that split every leaf's axis 0 (the rows) over the mesh's batch axes."""
     return jax.tree.map(lambda x: sharding.batch_sharding(self.mesh, np.ndim(x)), tree)
 
-  def put_rows(self, tree):
-    """Host arrays with the rows on axis 0 -> global arrays split over the batch axes. Each process passes the
-    rows it holds (`jax.make_array_from_process_local_data`); on one process that is all of them."""
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
-        sharding.batch_sharding(self.mesh, np.ndim(x)), np.asarray(x)), tree)
+  def local_rows(self, n: int) -> slice:
+    """The rows of an n-row batch that this process's devices hold (all of them on one process)."""
+    return sharding.process_rows(self.mesh, n)
+
+  def put_rows(self, tree, local: bool = False):
+    """Host arrays with the rows on axis 0 -> global arrays split over the batch axes. The host arrays hold every
+    row of the step (each process keeps its `local_rows`), or with local=True only this process's rows."""
+    def one(x):
+      x = np.asarray(x)
+      sh = sharding.batch_sharding(self.mesh, x.ndim)
+      if local:
+        n = x.shape[0] * jax.process_count()
+        return jax.make_array_from_process_local_data(sh, x, (n,) + x.shape[1:])
+      return jax.make_array_from_process_local_data(sh, x[self.local_rows(x.shape[0])], x.shape)
+    return jax.tree.map(one, tree)
+
+  def gather(self, tree):
+    """Global arrays (any sharding) -> numpy arrays of all their rows, on every process."""
+    return jax.tree.map(distributed.gather, tree)
 
   def put_replicated(self, tree):
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.replicated, np.asarray(x)), tree)
 
   def params(self) -> dict:
-    return train_state.merge(jax.device_get(self.state["trainable"]), jax.device_get(self.frozen))
+    """The current params as numpy arrays (every process takes part; each gets them all)."""
+    return train_state.merge(self.gather(self.state["trainable"]), self.gather(self.frozen))
 
   def export(self, path: Optional[str] = None) -> str:
     """A unified checkpoint dir of the current params (default WORKDIR/final; `python -m unirl_jax.generate
-    --ckpt WORKDIR` finds it), with the tokenizer files of the model it started from."""
+    --ckpt WORKDIR` finds it), with the tokenizer files of the model it started from. Every process calls it;
+    process 0 writes."""
     from unirl_jax.models import unified
     path = path or os.path.join(self.workdir, "final")
-    return unified.save(path, self.model.config, self.params(), side_files_from=self.model_dir, overwrite=True)
+    params = self.params()
+    if distributed.is_main():
+      unified.save(path, self.model.config, params, side_files_from=self.model_dir, overwrite=True)
+    distributed.barrier("export")
+    return path
 
   # ---- the loop -------------------------------------------------------------------------------
 
@@ -102,22 +122,31 @@ class Trainer:
     """
     from tqdm import tqdm
     start = 0
-    if self.ckpt.latest_step() is not None:
-      self.state, extra = self.ckpt.restore(self.state, shardings=self.state_shardings, with_extra=True)
+    main = distributed.is_main()
+    state, extra, _ = self.ckpt.restore_latest(self.state, self.state_shardings,
+                                               log=print if main else (lambda _: None))
+    if state is not None:
+      self.state = state
       if data is not None:
         if not extra or "data" not in extra:
           raise ValueError(f"the checkpoint in {self.ckpt.manager.directory} has no data position to resume from")
         data.set_state(extra["data"])
-      start = int(self.state["step"])
-      if not progress:
+      start = int(distributed.gather(self.state["step"]))
+      if main and (not progress or self.ckpt.incomplete):
         print(f"resumed from step {start} in {self.ckpt.manager.directory}")
     last = min(self.total_steps, stop_after or self.total_steps)
     history = []
-    bar = tqdm(range(start + 1, last + 1), initial=start, total=self.total_steps, desc=desc, disable=not progress)
-    with metrics.MetricsLog(self.workdir, start, self.config.train.tensorboard) as log:
+    bar = tqdm(range(start + 1, last + 1), initial=start, total=self.total_steps, desc=desc,
+               disable=not (progress and main))
+    with metrics.MetricsLog(self.workdir, start, self.config.train.tensorboard, enabled=main) as log:
       for step in bar:
         t0 = time.perf_counter()
-        row, out = step_fn(step)
+        position = None if data is None else data.get_state()
+        try:
+          row, out = step_fn(step)
+        except Exception as e:
+          self._save_before_failing(step - 1, position, e)
+          raise
         row["step_time"] = time.perf_counter() - t0
         history.append(row)
         log.write(row)
@@ -130,3 +159,20 @@ class Trainer:
           self.ckpt.save(step, self.state, extra=None if data is None else {"data": data.get_state()}, force=True)
     self.ckpt.wait()
     return history
+
+  def _save_before_failing(self, step: int, position, error: Exception) -> None:
+    """A step failed before its update (a reward service down, a bad record): checkpoint the last completed step
+    so a restart loses nothing. Every process reaches here together (the trainers agree on such failures);
+    a failure after the update donated the state leaves nothing to save."""
+    if step < 1 or self.ckpt.latest_step() == step or any(
+        getattr(x, "is_deleted", lambda: False)() for x in jax.tree.leaves(self.state)):
+      return
+    try:
+      self.ckpt.save(step, self.state, extra=None if position is None else {"data": position}, force=True)
+      self.ckpt.wait()
+    except Exception as e2:  # noqa: BLE001  (report the original failure, not this one)
+      print(f"could not checkpoint step {step} after the failure: {e2}")
+      return
+    if distributed.is_main():
+      print(f"step {step + 1} failed ({type(error).__name__}); checkpointed step {step} in "
+            f"{self.ckpt.manager.directory}: restart the same command to resume from it")

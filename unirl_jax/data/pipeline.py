@@ -8,7 +8,7 @@ batched on its own (every batch has one task, so each task compiles once), then 
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Callable, Optional
 
 import grain
 import jax
@@ -191,14 +191,19 @@ MIXES = ("batches", "rows")
 
 
 def make_dataset(records: list[Record], pre: Preprocessor, batch_size: int, seed: int,
-                 weights: Optional[dict] = None, mix: str = "batches") -> grain.MapDataset:
+                 weights: Optional[dict] = None, mix: str = "batches",
+                 local_rows: Optional[Callable[[int], slice]] = None) -> grain.MapDataset:
   """An infinite, deterministic MapDataset of batches from per-task streams, by `weights` ({task: share}, e.g.
   {"edit": 0.8, "t2i": 0.2}; a task left out or at 0 is not read; default: the record counts' shares). A chat
   stream with images and one without are two streams (one compile each).
 
   mix "batches": every batch holds one stream (a `PretrainBatch`), the streams interleaved by share.
   mix "rows": every batch holds share x batch_size rows of each stream (a dict stream -> `PretrainBatch`,
-  one compile for all), as the original's mixed shuffle does in expectation; the row counts must be whole."""
+  one compile for all), as the original's mixed shuffle does in expectation; the row counts must be whole.
+
+  local_rows: which rows of an n-row global batch this process reads (`Trainer.local_rows`): every process walks
+  the same shuffled records and preprocesses only its block, so the global batch does not depend on the number
+  of processes."""
   if mix not in MIXES:
     raise ValueError(f"data.mix {mix!r} not one of {MIXES}")
   by_task = {}
@@ -226,8 +231,9 @@ def make_dataset(records: list[Record], pre: Preprocessor, batch_size: int, seed
                          f"chat records by their counts) or data.batch_size so that every stream gets whole rows")
     if len(recs) < rows:
       raise ValueError(f"{len(recs)} {key} records are fewer than the {rows} rows a batch takes from them")
-    ds = (grain.MapDataset.source(recs).shuffle(seed=seed + i).repeat().map(pre)
-          .batch(rows, drop_remainder=True, batch_fn=_stack))
+    mine = slice(None) if local_rows is None else local_rows(rows)
+    ds = (grain.MapDataset.source(recs).shuffle(seed=seed + i).repeat()
+          .batch(rows, drop_remainder=True, batch_fn=list).map(lambda rs, mine=mine: _stack([pre(r) for r in rs[mine]])))
     streams.append((key, ds))
     shares.append(share)
   if not streams:

@@ -35,6 +35,11 @@ class RewardInputs:
   def __len__(self) -> int:
     return len(self.prompts)
 
+  def rows(self, sl: slice) -> "RewardInputs":
+    """The inputs of rows `sl` only (a process scores the rows its devices hold)."""
+    return dataclasses.replace(self, **{f.name: getattr(self, f.name)[sl] for f in dataclasses.fields(self)
+                                        if f.name != "completion_budget" and getattr(self, f.name) is not None})
+
   def need(self, field: str, reward: str) -> Any:
     """The field's value, or an error naming the reward that needs it."""
     v = getattr(self, field)

@@ -84,7 +84,7 @@ def from_request(body: dict) -> RewardInputs:
 @dataclasses.dataclass(frozen=True)
 class RemoteReward:
   """fn(RewardInputs) -> (N,) float32 from the service at `url`: retried with exponential backoff on connection
-  errors, timeouts and 5xx replies; a 4xx or a malformed reply fails at once."""
+  errors, timeouts, 5xx and malformed replies; a 4xx (our request refused) fails at once."""
 
   url: str
   timeout_s: float = 120.0
@@ -113,7 +113,10 @@ class RemoteReward:
         last = f"timed out after {self.timeout_s} s" if isinstance(reason, TimeoutError) or "timed out" in str(
             reason) else f"unreachable ({reason})"
         continue
-      return self._parse(raw, len(inputs))
+      try:
+        return self._parse(raw, len(inputs))
+      except RemoteRewardError as e:  # a bad reply may be a passing fault of the service: ask again
+        last = str(e)
     raise RemoteRewardError(f"reward server {self.url} failed {self.retries + 1} times; last: {last}")
 
   def _parse(self, raw: bytes, n: int) -> np.ndarray:

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from unirl_jax import rewards, run_config, scenarios, train_state
+from unirl_jax import distributed, rewards, run_config, scenarios, train_state
 from unirl_jax.data import prompts as prompt_lib
 from unirl_jax.metrics import plot_curve, save_grid
 from unirl_jax.rl import update
@@ -84,11 +84,22 @@ class GRPOTrainer(Trainer):
     c = self.config
     rng = jax.random.fold_in(jax.random.PRNGKey(c.seed), step)
     roll = self.task.rollout(step, rng)
-    r, parts = rewards.score(c.reward, roll.rewards, self.reward_fns)
+    # Each process scores the rows its devices hold; the groups' advantages need every row's reward.
+    mine = self.local_rows(c.rows)
+    local = roll.rewards if mine == slice(0, c.rows) else roll.rewards.rows(mine)
+    failure = None
+    try:
+      r, parts = rewards.score(c.reward, local, self.reward_fns)
+    except Exception as e:  # noqa: BLE001  (a service down, a bad reply: every process stops, after a checkpoint)
+      failure = e
+    if not distributed.all_ok(failure is None):
+      raise failure or RuntimeError("another process could not score its rows (its log names the cause)")
+    whole = lambda x: distributed.assemble_rows(x, mine, c.rows)
+    r, parts = whole(r), {k: whole(v) for k, v in parts.items()}
     adv = self.advantages(r)
     exp = roll.experience.replace(advantages=self.put_rows(adv))
     self.state, m = self.update_fn(exp)(self.state, self.frozen, self.ref_trainable, exp)
-    m = jax.device_get(m)
+    m = self.gather(m)
     row = {"step": step, "reward_mean": float(r.mean()), "reward_std": float(r.std()),
            "adv_mean": float(adv.mean()), "adv_abs_max": float(np.abs(adv).max()), "loss": float(m["loss"]),
            **{k: float(v) for k, v in m.items() if k != "loss"}}
@@ -99,6 +110,8 @@ class GRPOTrainer(Trainer):
   # ---- the loop -------------------------------------------------------------------------------
 
   def _samples(self, step: int, roll, log) -> None:
+    if not distributed.is_main():
+      return
     path = os.path.join(self.workdir, "samples", f"step_{step:06d}.png")
     images = self.task.sample_grid(roll)
     if images is not None:

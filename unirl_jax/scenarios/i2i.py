@@ -108,7 +108,7 @@ class Editing(Task):
     ref = self.references(src_u8, k_src, g)  # the source's, shared by its group and every step
     tr, fr = e.state["trainable"], e.frozen
     traj, edited = self._rollout(tr, fr, cd, ref, self.schedule, k_edit)
-    edited = to_uint8(jax.device_get(edited))
+    edited = to_uint8(e.gather(edited))
     meta = [{k: v for k, v in r.metadata.items() if k != "image"} for r in recs for _ in range(g)]
     exp = Experience(advantages=None, schedule=self.schedule, dm=DMRows(cd, traj, ref))
     samples = {"instructions": [r.text for r in recs], "reverse_instructions": [r.metadata["reverse_prompt"]
@@ -121,7 +121,7 @@ class Editing(Task):
       cd_rev = e.put_rows(self.condition(rev, [Image.fromarray(x) for x in edited]))
       ref_rev = self.references(edited, k_rec, 1)  # each edit is its reconstruction's reference
       traj_rev, recon = self._rollout(tr, fr, cd_rev, ref_rev, self.schedule, k_cycle)
-      recon = to_uint8(jax.device_get(recon))
+      recon = to_uint8(e.gather(recon))
       exp = exp.replace(cycle=DMRows(cd_rev, traj_rev, ref_rev))
     reward_in = RewardInputs(edited, instructions, None, meta, sources=src_u8, reconstructions=recon)
     return Rollout(exp, reward_in, samples)

@@ -124,7 +124,7 @@ class Reasoning(Task):
     ids, mask, pv = self.prompts(recs)
     rep = lambda x: None if x is None else np.repeat(x, g, axis=0)
     comps = self.complete(rep(ids), rep(mask), rep(pv), rng)
-    texts, lengths = decode(e.tok, comps.tokens, comps.mask)
+    texts, lengths = decode(e.tok, *e.gather((comps.tokens, comps.mask)))
     rows = lambda xs: [x for x in xs for _ in range(g)]
     meta = [{k: v for k, v in r.metadata.items() if k != "image"} for r in recs]
     reward_in = RewardInputs(None, rows([r.text for r in recs]), texts, rows(meta), completion_lengths=lengths,

@@ -72,18 +72,18 @@ class Reflection(TextToImage):
     tr, fr = e.state["trainable"], e.frozen
     cd1 = e.put_rows(self.condition(texts))
     traj1, first = self._rollout(tr, fr, cd1, self.schedule, k_first)
-    first = to_uint8(jax.device_get(first))
+    first = to_uint8(e.gather(first))
     ids, mask = prompt_lib.encode(e.tok, judge_prompts(rows(texts), self.spec), c.max_text_len, "max_text_len",
                                   c.text_pad, c.text_pad_multiple)
     pv = vit_patches([Image.fromarray(x) for x in first], self.spec, self.vit)
     comps = sample_completions(e, self.sampler, self.spec.vit_grid, ids, mask, pv, k_lm)
-    completions, lengths = decode(e.tok, comps.tokens, comps.mask)
+    completions, lengths = decode(e.tok, *e.gather((comps.tokens, comps.mask)))
     second_texts, judgements, revised = second_prompts(rows(texts), completions)
     # Image 2 for every row (one compiled shape); rows judged "yes" are masked out of its loss and its reward.
     ids2, mask2 = prompt_lib.encode(e.tok, [prompt_lib.t2i(t) for t in second_texts], c.max_text_len, None)
     cd2 = e.put_rows(Condition(ids2, mask2))
     traj2, second = self._rollout(tr, fr, cd2, self.schedule, k_second)
-    second = to_uint8(jax.device_get(second))
+    second = to_uint8(e.gather(second))
     final = np.where(revised[:, None, None, None], second, first)
     exp = Experience(advantages=None, schedule=self.schedule, dm=DMRows(cd1, traj1), lm=comps,
                      revision=DMRows(cd2, traj2, row_mask=e.put_rows(revised.astype(np.float32))))

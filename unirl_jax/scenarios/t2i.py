@@ -59,6 +59,6 @@ class TextToImage(Task):
     traj, images = self._rollout(e.state["trainable"], e.frozen, condition, self.schedule, rng)
     g = e.config.group_size
     rows = lambda per_prompt: None if per_prompt is None else [x for x in per_prompt for _ in range(g)]
-    reward_in = RewardInputs(to_uint8(jax.device_get(images)), rows(texts), completions, rows(metadata))
+    reward_in = RewardInputs(to_uint8(e.gather(images)), rows(texts), completions, rows(metadata))
     exp = Experience(advantages=None, schedule=self.schedule, dm=DMRows(condition, traj))
     return Rollout(exp, reward_in, samples)

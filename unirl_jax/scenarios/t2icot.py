@@ -42,7 +42,7 @@ class CoTTextToImage(TextToImage):
                                       "max_text_len", c.text_pad, c.text_pad_multiple)
     p_ids, p_mask = np.repeat(p_ids, g, axis=0), np.repeat(p_mask, g, axis=0)
     lm_params = train_state.merge(e.state["trainable"], e.frozen)["lm"]
-    out = jax.device_get(self.sampler(lm_params, *e.put_rows((p_ids, p_mask)), rng=rng))
+    out = e.gather(self.sampler(lm_params, *e.put_rows((p_ids, p_mask)), rng=rng))
     comp, lengths = np.asarray(out["tokens"]), np.asarray(out["lengths"])
     completions = e.tok.batch_decode([comp[i, :lengths[i]] for i in range(len(comp))], skip_special_tokens=True)
     dialogues = e.tok.batch_decode([np.concatenate([p_ids[i][p_mask[i] == 1], comp[i, :lengths[i]]])

@@ -152,7 +152,8 @@ class Sampler:
     if attention_mask is None:
       attention_mask = jnp.ones(input_ids.shape, jnp.int32)
     attention_mask = jnp.asarray(attention_mask, jnp.int32)
-    if not isinstance(attention_mask, jax.core.Tracer) and np.any(np.asarray(attention_mask)[:, -1] == 0):
+    if (not isinstance(attention_mask, jax.core.Tracer) and attention_mask.is_fully_addressable
+        and np.any(np.asarray(attention_mask)[:, -1] == 0)):  # (a multi-process batch is checked on the host)
       raise ValueError("attention_mask: the batch must be left-padded (every row's last token real)")
     max_len = input_ids.shape[1] + self.sc.max_new_tokens
     return self._prefill(params, input_ids, attention_mask, pixel_values, grid_tuple(image_grid_thw), max_len)

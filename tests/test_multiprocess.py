@@ -1,0 +1,76 @@
+"""2 processes x 4 CPU devices (`python -m unirl_jax.launch`, jax.distributed with gloo collectives) train the same
+steps as 1 process x 8 devices: the GRPO step of t2i and of multimodal reasoning (LM completions through the
+vision tower), and pretraining; the same metrics and exported params within 1e-5."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from unirl_jax import checkpoint, train
+from unirl_jax.data import synthetic_questions
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import multiprocess_worker  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER = os.path.join(ROOT, "tests", "multiprocess_worker.py")
+
+
+def launch(args, nproc=2, devices=4, timeout=900):
+  env = dict(os.environ, JAX_DEFAULT_MATMUL_PRECISION="highest",
+             JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir or "",
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="1")
+  cmd = [sys.executable, "-m", "unirl_jax.launch", "--nproc", str(nproc), "--devices_per_process", str(devices),
+         "--", sys.executable, *args]
+  return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def metrics(workdir):
+  rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  return [{k: v for k, v in r.items() if k != "step_time"} for r in rows]
+
+
+def assert_same_run(got_dir, want_dir):
+  got, want = metrics(got_dir), metrics(want_dir)
+  assert [r["step"] for r in got] == [r["step"] for r in want]
+  for g, w in zip(got, want):
+    assert set(g) == set(w)
+    for k, v in w.items():
+      if isinstance(v, str):
+        assert g[k] == v, k
+      else:
+        assert g[k] == pytest.approx(v, rel=1e-5, abs=1e-5), (g["step"], k, g[k], v)
+  a = checkpoint.restore_params(os.path.join(got_dir, "final", "params"), as_numpy=True)
+  b = checkpoint.restore_params(os.path.join(want_dir, "final", "params"), as_numpy=True)
+  flat_a, flat_b = jax.tree_util.tree_flatten_with_path(a)[0], jax.tree_util.tree_flatten_with_path(b)[0]
+  assert [p for p, _ in flat_a] == [p for p, _ in flat_b]
+  # Within 1e-5: the updates are ~lr = 1e-3 per step, and Adam's m / sqrt(v) turns the reduction-order rounding of
+  # a near-zero gradient element into differences of ~2e-6 (a wrong data split moves params by ~1e-3).
+  for (path, x), (_, y) in zip(flat_a, flat_b):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.fixture(scope="module")
+def questions(tmp_path_factory):
+  data = str(tmp_path_factory.mktemp("questions"))
+  synthetic_questions.write(data, "shapes", n_train=8, n_eval=4, size=28)
+  return data
+
+
+@pytest.mark.parametrize("kind", ["t2i", "reason", "pretrain"])
+def test_two_processes_train_like_one(kind, questions, tmp_path):
+  data = questions if kind == "reason" else ""
+  one, two = str(tmp_path / "one"), str(tmp_path / "two")
+  out = launch([WORKER, kind, two, data])
+  assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+  assert "[1] " in out.stdout  # both processes ran and spoke
+  train.run(multiprocess_worker.config(kind, data), one)  # 1 process x 8 devices
+  assert_same_run(two, one)
+  # The metrics, samples and export were written once, by process 0: one row per step, no stray files.
+  assert len(metrics(two)) == len(metrics(one))
+  assert sorted(os.listdir(two)) == sorted(os.listdir(one))
