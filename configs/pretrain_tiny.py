@@ -28,6 +28,7 @@ def get_config():
   c.data.task_weights = {}  # empty: proportional to the record counts
   c.data.mix = "batches"  # or "rows": every batch holds each task's share of rows
   c.data.skip_bad = False
+  c.data.stream = False  # parquet sources read a row group at a time (tar shards always are)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 1e-3

@@ -40,7 +40,7 @@ def config(kind: str, data: str = ""):
   elif kind == "pretrain":
     from configs import pretrain_tiny
     c = pretrain_tiny.get_config()
-    c.data.synthetic_n = 48
+    c.data.sources = (f"t2i:{data}/shards/t2i-*.tar", f"edit:{data}/shards/edit-*.tar")  # read per process
     c.train.log_every = 1
   else:
     raise ValueError(kind)

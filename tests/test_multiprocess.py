@@ -1,6 +1,7 @@
 """2 processes x 4 CPU devices (`python -m unirl_jax.launch`, jax.distributed with gloo collectives) train the same
 steps as 1 process x 8 devices: the GRPO step of t2i and of multimodal reasoning (LM completions through the
-vision tower), and pretraining; the same metrics and exported params within 1e-5."""
+vision tower), and pretraining from tar shards (each process reading its rows); the same metrics and exported
+params within 1e-5."""
 
 import json
 import os
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from unirl_jax import checkpoint, train
-from unirl_jax.data import synthetic_questions
+from unirl_jax.data import synthetic, synthetic_questions
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import multiprocess_worker  # noqa: E402
@@ -62,9 +63,17 @@ def questions(tmp_path_factory):
   return data
 
 
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+  data = str(tmp_path_factory.mktemp("shards"))
+  manifest = synthetic.generate(data, n=48, size=32, seed=0)
+  synthetic.write_tar_shards(manifest, os.path.join(data, "shards"), shard_size=10)
+  return data
+
+
 @pytest.mark.parametrize("kind", ["t2i", "reason", "pretrain"])
-def test_two_processes_train_like_one(kind, questions, tmp_path):
-  data = questions if kind == "reason" else ""
+def test_two_processes_train_like_one(kind, questions, shards, tmp_path):
+  data = {"reason": questions, "pretrain": shards}.get(kind, "")
   one, two = str(tmp_path / "one"), str(tmp_path / "two")
   out = launch([WORKER, kind, two, data])
   assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]

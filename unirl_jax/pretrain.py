@@ -97,7 +97,7 @@ class Pretrainer(Trainer):
         self._synthetic(out)
       distributed.barrier("synthetic_data")
       sources = [self._synthetic(out, write=False)]
-    records, stats = records_lib.read_sources(sources, skip_bad=d.skip_bad)
+    records, stats = records_lib.read_sources(sources, skip_bad=d.skip_bad, stream=d.stream)
     self.read_stats = stats
     if stats.skipped:
       print(f"data: skipped {stats.skipped} bad records, e.g. {stats.reasons[0]}")
@@ -204,7 +204,9 @@ class Pretrainer(Trainer):
   def run(self, stop_after: Optional[int] = None) -> list[dict]:
     """Trains to train.total_steps (or stops after `stop_after`, as a killed run would)."""
     c = self.config
-    it = iter(self.dataset.to_iter_dataset())
+    import grain
+    it = iter(self.dataset.to_iter_dataset(grain.ReadOptions(num_threads=c.data.read_threads,
+                                                            prefetch_buffer_size=c.data.prefetch_batches)))
 
     def step_fn(step):
       batch = next(it)

@@ -252,7 +252,10 @@ class GRPORun:
 
 @dataclasses.dataclass(frozen=True)
 class DataSettings:
-  sources: tuple[str, ...] = ()  # JSONL manifests or "t2i:PATH"/"edit:PATH" parquet; empty: synthetic shapes
+  # JSONL manifests, "t2i:PATH.parquet"/"edit:PATH.parquet", or "t2i:SHARDS"/"edit:SHARDS" WebDataset tar shards
+  # ("dir/{00000..00099}.tar", a glob or a dir; read as needed, never whole); empty: synthetic shapes.
+  sources: tuple[str, ...] = ()
+  stream: bool = False  # parquet read one row group at a time as needed instead of all at load (large files)
   synthetic_n: int = 512  # images in the generated synthetic set
   # Which synthetic set, when `sources` is empty: "shapes" (one shape per image, captions and colour edits:
   # unirl_jax.data.synthetic) or "geneval_scenes" (multi-object scenes for GenEval-format prompts:
@@ -273,11 +276,16 @@ class DataSettings:
   # batch holds share x batch_size rows of each (whole numbers), the loss the sum of each one's mean.
   mix: str = "batches"
   skip_bad: bool = False  # skip (and count) bad records instead of stopping with file:line
+  read_threads: int = 4  # batches prepared in parallel (grain reader threads)
+  prefetch_batches: int = 4  # batches prepared ahead of the step (host memory: each holds the batch's images)
 
   def __post_init__(self):
     object.__setattr__(self, "task_weights", types.MappingProxyType(dict(self.task_weights)))
     if self.mix not in ("batches", "rows"):
       raise ConfigError(f"data.mix {self.mix!r} not one of 'batches', 'rows'")
+    if self.read_threads < 1 or self.prefetch_batches < 0:
+      raise ConfigError(f"data.read_threads must be >= 1 and data.prefetch_batches >= 0, got {self.read_threads} "
+                        f"and {self.prefetch_batches}")
     if self.synthetic not in ("shapes", "geneval_scenes", "shape_edits"):
       raise ConfigError(f"data.synthetic {self.synthetic!r} not one of 'shapes', 'geneval_scenes', 'shape_edits'")
 

@@ -18,6 +18,7 @@ from PIL import Image
 
 from unirl_jax.data import prompts
 from unirl_jax.data.records import ChatRecord, DataError, EditRecord, Record, T2IRecord, open_image
+from unirl_jax.data.sources import Concat
 
 TASKS = ("t2i", "edit", "chat")
 
@@ -193,7 +194,8 @@ MIXES = ("batches", "rows")
 def make_dataset(records: list[Record], pre: Preprocessor, batch_size: int, seed: int,
                  weights: Optional[dict] = None, mix: str = "batches",
                  local_rows: Optional[Callable[[int], slice]] = None) -> grain.MapDataset:
-  """An infinite, deterministic MapDataset of batches from per-task streams, by `weights` ({task: share}, e.g.
+  """An infinite, deterministic MapDataset of batches from per-task streams (`records`: records and/or the
+  random-access sources of `records.read_sources`), by `weights` ({task: share}, e.g.
   {"edit": 0.8, "t2i": 0.2}; a task left out or at 0 is not read; default: the record counts' shares). A chat
   stream with images and one without are two streams (one compile each).
 
@@ -206,10 +208,18 @@ def make_dataset(records: list[Record], pre: Preprocessor, batch_size: int, seed
   of processes."""
   if mix not in MIXES:
     raise ValueError(f"data.mix {mix!r} not one of {MIXES}")
-  by_task = {}
+  parts: dict[str, list] = {}  # stream -> its random-access parts, in the order given
   for r in records:
+    if hasattr(r, "task_key"):  # a source of many records (tar shards, streamed parquet)
+      parts.setdefault(r.task_key, []).append(r)
+      continue
     key = task_of(r) + ("+image" if isinstance(r, ChatRecord) and r.image is not None else "")
-    by_task.setdefault(key, []).append(r)
+    ps = parts.setdefault(key, [])
+    if not ps or not isinstance(ps[-1], list):
+      ps.append([])
+    ps[-1].append(r)
+  by_task = {k: ps[0] if len(ps) == 1 else Concat(ps) for k, ps in parts.items()}
+  n_records = sum(len(v) for v in by_task.values())
   if weights is not None:
     unknown = set(weights) - set(TASKS)
     if unknown or any(not 0 <= w for w in weights.values()) or not sum(weights.values()) > 0:
@@ -218,7 +228,7 @@ def make_dataset(records: list[Record], pre: Preprocessor, batch_size: int, seed
   order = lambda kv: (TASKS.index(kv[0].split("+")[0]), kv[0])  # t2i, edit, chat: the streams' seeds stay put
   for i, (key, recs) in enumerate(sorted(by_task.items(), key=order)):
     task = key.split("+")[0]
-    share = len(recs) / len(records) if weights is None else weights.get(task, 0.0) * len(recs) / sum(
+    share = len(recs) / n_records if weights is None else weights.get(task, 0.0) * len(recs) / sum(
         len(v) for k, v in by_task.items() if k.split("+")[0] == task)
     if share == 0:  # a task weighted 0 (or left out of the weights) is not read
       continue

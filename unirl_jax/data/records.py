@@ -204,18 +204,31 @@ def read_parquet(path: str, kind: str, skip_bad: bool = False, stats: Optional[R
   return _collect(rows, skip_bad, stats)
 
 
-def read_sources(sources: Iterable[str], skip_bad: bool = False) -> tuple[list[Record], ReadStats]:
-  """`sources`: manifest paths (*.jsonl) or "t2i:PATH.parquet" / "edit:PATH.parquet"."""
+def read_sources(sources: Iterable[str], skip_bad: bool = False, stream: bool = False) -> tuple[list, ReadStats]:
+  """`sources`: manifest paths (*.jsonl), "t2i:PATH.parquet" / "edit:PATH.parquet", or "t2i:SHARDS" /
+  "edit:SHARDS" WebDataset tar shards ("dir/{00000..00009}.tar", a glob, or a dir of .tar files).
+
+  Manifests (and parquet unless `stream`) are read and checked at once: -> records. Tar shards, and parquet with
+  `stream`, are indexed, not read (`unirl_jax.data.sources`): -> one random-access source each in the list,
+  whose bad records stop the run when reached, naming file and row."""
+  from unirl_jax.data import sources as sources_lib
   stats = ReadStats()
-  out: list[Record] = []
+  out: list = []
   for src in sources:
+    kind, _, path = src.partition(":") if not src.endswith(".jsonl") else ("", "", src)
     if src.endswith(".jsonl"):
       out += read_manifest(src, skip_bad, stats)
-    elif src.endswith(".parquet") and ":" in src:
-      kind, path = src.split(":", 1)
-      out += read_parquet(path, kind, skip_bad, stats)
+    elif kind in ("t2i", "edit") and path.endswith(".parquet"):
+      out += [sources_lib.ParquetRows(path, kind)] if stream else read_parquet(path, kind, skip_bad, stats)
+    elif kind in ("t2i", "edit") and (".tar" in path or os.path.isdir(path)):
+      out.append(sources_lib.TarShards(path, kind))
     else:
-      raise DataError(f"data source {src!r}: expected a .jsonl manifest or 't2i:'/'edit:' + a .parquet path")
+      raise DataError(f"data source {src!r}: expected a .jsonl manifest, or 't2i:'/'edit:' + a .parquet path or "
+                      f"tar shards")
+  streamed = [s for s in out if hasattr(s, "task_key")]
+  if streamed and skip_bad:
+    raise DataError(f"data.skip_bad checks every record at load, which tar shards and streamed parquet are not "
+                    f"(a bad record there stops the run naming it): drop skip_bad or those sources")
   if not out:
     raise DataError(f"no usable records in {list(sources)} ({stats.skipped} skipped)")
   return out, stats

@@ -1,7 +1,9 @@
 """A synthetic dataset so the tiny configs train out of the box: coloured shapes with captions, and their edits.
 
 `python -m unirl_jax.data.synthetic --out DIR [--n 512] [--size 64] [--edit-fraction 0.25]` writes
-DIR/images/*.png and DIR/train.jsonl (see `unirl_jax.data.records` for the format).
+DIR/images/*.png and DIR/train.jsonl (see `unirl_jax.data.records` for the format); `--format tar` also writes
+them as WebDataset shards DIR/shards/t2i-*.tar and DIR/shards/edit-*.tar (`--shard-size` records each), which
+pretraining reads as `data.sources = ("t2i:DIR/shards/t2i-*.tar", "edit:DIR/shards/edit-*.tar")`.
 """
 
 from __future__ import annotations
@@ -58,9 +60,27 @@ def main(argv=None) -> int:
   p.add_argument("--size", type=int, default=64)
   p.add_argument("--edit-fraction", type=float, default=0.25)
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--format", choices=("jsonl", "tar"), default="jsonl")
+  p.add_argument("--shard-size", type=int, default=1000)
   a = p.parse_args(argv)
-  print(generate(a.out, a.n, a.size, a.edit_fraction, a.seed))
+  manifest = generate(a.out, a.n, a.size, a.edit_fraction, a.seed)
+  print(manifest)
+  if a.format == "tar":
+    for path in write_tar_shards(manifest, os.path.join(a.out, "shards"), a.shard_size):
+      print(path)
   return 0
+
+
+def write_tar_shards(manifest: str, out_dir: str, shard_size: int = 1000) -> list[str]:
+  """A manifest's records as WebDataset shards, one set per kind (t2i-*.tar, edit-*.tar), in manifest order."""
+  from unirl_jax.data import records, sources
+  recs, _ = records.read_sources([manifest])
+  paths = []
+  for kind, cls in (("t2i", records.T2IRecord), ("edit", records.EditRecord)):
+    mine = [r for r in recs if isinstance(r, cls)]
+    if mine:
+      paths += sources.write_shards(mine, out_dir, kind, shard_size)
+  return paths
 
 
 if __name__ == "__main__":
