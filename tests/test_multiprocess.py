@@ -83,3 +83,52 @@ def test_two_processes_train_like_one(kind, questions, shards, tmp_path):
   # The metrics, samples and export were written once, by process 0: one row per step, no stray files.
   assert len(metrics(two)) == len(metrics(one))
   assert sorted(os.listdir(two)) == sorted(os.listdir(one))
+
+
+def test_where_the_processes_come_from(monkeypatch):
+  from unirl_jax import distributed, launch as launch_lib
+  from unirl_jax.distributed import DistributedSettings as S, settings_from_env
+  for k in ("UNIRL_COORDINATOR", "UNIRL_NUM_PROCESSES", "UNIRL_PROCESS_ID", "UNIRL_DISTRIBUTED", "SLURM_NTASKS",
+            "SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES"):
+    monkeypatch.delenv(k, raising=False)
+  assert settings_from_env(S()) is None  # nothing says there are others: one process
+  env = launch_lib.process_env({"XLA_FLAGS": "--xla_foo --xla_force_host_platform_device_count=8"}, 1, 2,
+                               "localhost:1234", 4)
+  assert env["XLA_FLAGS"] == "--xla_foo --xla_force_host_platform_device_count=4"
+  for k in ("UNIRL_COORDINATOR", "UNIRL_NUM_PROCESSES", "UNIRL_PROCESS_ID"):
+    monkeypatch.setenv(k, env[k])
+  assert settings_from_env(S(initialization_timeout_s=7)) == {
+      "coordinator_address": "localhost:1234", "num_processes": 2, "process_id": 1, "initialization_timeout": 7}
+  assert settings_from_env(S(mode="off")) is None
+  monkeypatch.setenv("UNIRL_DISTRIBUTED", "off")
+  assert settings_from_env(S()) is None
+  monkeypatch.setenv("UNIRL_DISTRIBUTED", "sometimes")
+  with pytest.raises(ValueError, match="UNIRL_DISTRIBUTED='sometimes' not one of"):
+    settings_from_env(S())
+  for k in ("UNIRL_COORDINATOR", "UNIRL_NUM_PROCESSES", "UNIRL_PROCESS_ID", "UNIRL_DISTRIBUTED"):
+    monkeypatch.delenv(k)
+  monkeypatch.setenv("SLURM_JOB_ID", "77")
+  monkeypatch.setenv("SLURM_NTASKS", "4")  # srun with 4 tasks: JAX's SLURM detection takes it from here
+  assert settings_from_env(S()) == {"initialization_timeout": 300}
+  monkeypatch.setenv("SLURM_NTASKS", "1")
+  assert settings_from_env(S()) is None
+  monkeypatch.setenv("UNIRL_DISTRIBUTED", "on")  # e.g. a TPU pod slice
+  assert settings_from_env(S()) == {"initialization_timeout": 300}
+  with pytest.raises(ValueError, match="give all of coordinator, num_processes and process_id"):
+    settings_from_env(S(coordinator="host:1"))
+  with pytest.raises(ValueError, match=r"process_id 2 is not in \[0, num_processes=2\)"):
+    settings_from_env(S(coordinator="host:1", num_processes=2, process_id=2))
+  monkeypatch.delenv("UNIRL_DISTRIBUTED")
+  assert not distributed.initialize(S(mode="off")) and distributed.is_main()
+
+
+def test_the_launcher_stops_the_others_when_one_fails():
+  import time
+  from unirl_jax import launch as launch_lib
+  code = ("import os, sys, time\n"
+          "print('process', os.environ['UNIRL_PROCESS_ID'], 'of', os.environ['UNIRL_NUM_PROCESSES'], flush=True)\n"
+          "sys.exit(3) if os.environ['UNIRL_PROCESS_ID'] == '1' else time.sleep(120)")
+  t0 = time.time()
+  assert launch_lib.launch([sys.executable, "-c", code], nproc=2, prefix=False) == 3
+  assert time.time() - t0 < 60  # process 0 was stopped, not waited for
+  assert launch_lib.main(["--nproc", "2"]) == 2  # no `-- COMMAND`

@@ -4,7 +4,8 @@ host-side collectives the trainers need (gathering small per-row arrays, agreein
 Where the processes come from:
 - `python -m unirl_jax.launch --nproc N -- CMD` sets UNIRL_COORDINATOR / UNIRL_NUM_PROCESSES / UNIRL_PROCESS_ID
   (and the CPU device count) for each process it starts on this machine;
-- a TPU pod slice or a SLURM job (`srun`) describes itself: JAX's cluster detection finds the coordinator;
+- a multi-task SLURM step (`srun`) or, with UNIRL_DISTRIBUTED=on, a TPU pod slice describes itself: JAX's cluster
+  detection finds the coordinator;
 - `distributed.coordinator` + `num_processes` + `process_id` in the run config name it explicitly.
 """
 
@@ -19,6 +20,7 @@ import numpy as np
 ENV_COORDINATOR = "UNIRL_COORDINATOR"
 ENV_NUM_PROCESSES = "UNIRL_NUM_PROCESSES"
 ENV_PROCESS_ID = "UNIRL_PROCESS_ID"
+ENV_MODE = "UNIRL_DISTRIBUTED"  # overrides distributed.mode (auto | on | off)
 MODES = ("auto", "off", "on")
 
 
@@ -50,6 +52,10 @@ def _cluster_detected() -> bool:
 
 def settings_from_env(cfg: DistributedSettings) -> Optional[dict]:
   """The keyword arguments of jax.distributed.initialize for this process, or None for a one-process run."""
+  mode = os.environ.get(ENV_MODE, "") or cfg.mode
+  if mode not in MODES:
+    raise ValueError(f"{ENV_MODE}={mode!r} not one of {MODES}")
+  cfg = dataclasses.replace(cfg, mode=mode)
   if cfg.mode == "off":
     return None
   kw = {}
