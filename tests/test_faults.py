@@ -76,15 +76,16 @@ def test_kill_9_anywhere_then_resume_gives_the_unbroken_run(unbroken, tmp_path):
   assert_same_params(final_params(wd), final_params(unbroken))
 
 
-def test_an_unreadable_newest_checkpoint_falls_back_to_the_previous(tmp_path):
+@pytest.mark.parametrize("damage", ["metadata", "array data"])
+def test_an_unreadable_newest_checkpoint_falls_back_to_the_previous(tmp_path, damage):
   state = {"w": np.arange(6, dtype=np.float32), "step": np.int32(0)}
   ck = checkpoint.TrainCheckpoints(str(tmp_path), max_to_keep=3, async_save=False)
   for step in (1, 2):
     ck.save(step, {"w": state["w"] + step, "step": np.int32(step)}, extra={"data": {"pos": step}})
   ck.close()
-  for root, _, files in os.walk(tmp_path / "2" / "state"):  # the newest one's array data cut short
+  for root, _, files in os.walk(tmp_path / "2" / "state"):  # the newest one's metadata or array data cut short
     for f in files:
-      if os.path.getsize(os.path.join(root, f)) > 64:
+      if (f == "_METADATA") == (damage == "metadata") and os.path.getsize(os.path.join(root, f)) > 64:
         with open(os.path.join(root, f), "r+b") as fh:
           fh.truncate(16)
   log = []
@@ -156,3 +157,15 @@ def test_a_non_finite_update_is_skipped_and_counted(tmp_path):
   assert not np.isfinite(history[1]["loss"]) and np.isfinite(history[2]["loss"])
   assert_same_params(seen[3], seen[2])  # the skipped update left the params as they were
   assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(seen[2]), jax.tree.leaves(seen[1])))
+
+
+def test_a_checkpoint_of_another_config_is_an_error_naming_what_differs(tmp_path):
+  ck = checkpoint.TrainCheckpoints(str(tmp_path), async_save=False)
+  ck.save(3, {"trainable": {"dit": {"w": np.zeros((4, 8), np.float32)}}, "step": np.int32(3)})
+  ck.close()
+  run = {"trainable": {"dit": {"w": np.zeros((4, 16), np.float32)}, "lm": {"b": np.zeros(2, np.float32)}},
+         "step": np.int32(0)}
+  with pytest.raises(checkpoint.CheckpointMismatch, match=r"checkpoint step 3 in .* was written by another config "
+                     r"than this run's: trainable/lm/b: not in the checkpoint; trainable/dit/w: shape \(4, 8\) "
+                     r"saved, \(4, 16\) wanted"):
+    checkpoint.TrainCheckpoints(str(tmp_path)).restore_latest(run)

@@ -41,6 +41,17 @@ def save_params(path: str, params: Any) -> None:
   ckptr.close()
 
 
+def saved_tree(path: str) -> Any:
+  """The tree of array metadata (shape, dtype) of a pytree checkpoint dir, without reading the arrays."""
+  ckptr = ocp.StandardCheckpointer()
+  try:
+    meta = ckptr.metadata(os.path.abspath(path))
+  finally:
+    ckptr.close()
+  tree = getattr(meta, "item_metadata", meta)
+  return getattr(tree, "tree", tree)
+
+
 def restore_params(path: str, target: Any = None, shardings: Any = None, as_numpy: bool = False) -> Any:
   """Reads params saved by `save_params`.
 
@@ -53,9 +64,7 @@ def restore_params(path: str, target: Any = None, shardings: Any = None, as_nump
   if as_numpy:
     ckptr = ocp.PyTreeCheckpointer()
     try:
-      meta = ckptr.metadata(path)
-      tree = getattr(meta, "item_metadata", meta)
-      tree = getattr(tree, "tree", tree)
+      tree = saved_tree(path)
       args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
       return ckptr.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))
     finally:
@@ -63,9 +72,7 @@ def restore_params(path: str, target: Any = None, shardings: Any = None, as_nump
   ckptr = ocp.StandardCheckpointer()
   try:
     if target is None:
-      meta = ckptr.metadata(path)
-      tree = getattr(meta, "item_metadata", meta)
-      tree = getattr(tree, "tree", tree)
+      tree = saved_tree(path)
       dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
       target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), tree)
       if shardings is None:
@@ -73,6 +80,31 @@ def restore_params(path: str, target: Any = None, shardings: Any = None, as_nump
     return ckptr.restore(path, _abstract(target, shardings))
   finally:
     ckptr.close()
+
+
+class CheckpointMismatch(ValueError):
+  """A checkpoint written by another config than the run's (other params, shapes or dtypes)."""
+
+
+def _key_path(path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def tree_differences(saved: Any, wanted: Any, limit: int = 5) -> list[str]:
+  """What differs between a saved tree's metadata and the arrays a run wants: missing and unexpected entries,
+  shapes and dtypes, by path (at most `limit`)."""
+  got = {_key_path(p): x for p, x in jax.tree_util.tree_flatten_with_path(saved)[0]}
+  want = {_key_path(p): x for p, x in jax.tree_util.tree_flatten_with_path(wanted)[0]}
+  out = [f"{k}: not in the checkpoint" for k in want if k not in got]
+  out += [f"{k}: in the checkpoint, not in the run" for k in got if k not in want]
+  for k in want:
+    if k in got:
+      a, b = got[k], want[k]
+      if tuple(getattr(a, "shape", ())) != tuple(np.shape(b)):
+        out.append(f"{k}: shape {tuple(getattr(a, 'shape', ()))} saved, {tuple(np.shape(b))} wanted")
+      elif getattr(a, "dtype", None) is not None and np.dtype(a.dtype) != np.dtype(b.dtype):
+        out.append(f"{k}: dtype {np.dtype(a.dtype)} saved, {np.dtype(b.dtype)} wanted")
+  return out[:limit] + ([f"... {len(out) - limit} more"] if len(out) > limit else [])
 
 
 TMP_MARK = ".orbax-checkpoint-tmp"  # orbax writes a step into STEP.orbax-checkpoint-tmp-* and renames it when done
@@ -99,6 +131,19 @@ class TrainCheckpoints:
       log(f"checkpoint {os.path.join(str(self.manager.directory), name)} was left incomplete (the run stopped "
           f"while saving it): ignored")
     for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        meta = saved_tree(os.path.join(str(self.manager.directory), str(step), "state"))
+        if not jax.tree.leaves(meta):
+          raise ValueError("no arrays in its metadata")
+      except Exception as e:  # noqa: BLE001  (its metadata does not read: a damaged checkpoint)
+        log(f"checkpoint step {step} in {self.manager.directory} does not read ({type(e).__name__}: "
+            f"{str(e)[:200]}): trying the previous one")
+        continue
+      diff = tree_differences(meta, abstract_state)
+      if diff:
+        raise CheckpointMismatch(f"checkpoint step {step} in {self.manager.directory} was written by another "
+                                 f"config than this run's: {'; '.join(diff)} (resume with the config that wrote "
+                                 f"it, or start in a new workdir)")
       try:
         state, extra = self.restore(abstract_state, step, shardings, with_extra=True)
       except Exception as e:  # noqa: BLE001  (any failure to read it: fall back to the one before)
