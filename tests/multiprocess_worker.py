@@ -54,6 +54,14 @@ def config(kind: str, data: str = ""):
 
 
 if __name__ == "__main__":
-  from unirl_jax import train
   kind, workdir = sys.argv[1], sys.argv[2]
-  train.run(config(kind, sys.argv[3] if len(sys.argv) > 3 else ""), workdir)
+  data = sys.argv[3] if len(sys.argv) > 3 else ""
+  if len(sys.argv) > 4:  # stop after step N, as a killed run would (resumed by the next launch)
+    from unirl_jax import distributed, run_config
+    from unirl_jax.rl.trainer import GRPOTrainer
+    run = run_config.load(config(kind, data))
+    distributed.initialize(run.distributed)
+    GRPOTrainer(run, workdir).run(stop_after=int(sys.argv[4]))
+  else:
+    from unirl_jax import train
+    train.run(config(kind, data), workdir)

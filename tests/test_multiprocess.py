@@ -1,7 +1,7 @@
 """2 processes x 4 CPU devices (`python -m unirl_jax.launch`, jax.distributed with gloo collectives) train the same
 steps as 1 process x 8 devices: the GRPO step of t2i and of multimodal reasoning (LM completions through the
 vision tower), and pretraining from tar shards (each process reading its rows); the same metrics and exported
-params within 1e-5."""
+params within 1e-5, the t2i run stopped after its first step and resumed from its checkpoint."""
 
 import json
 import os
@@ -75,6 +75,10 @@ def shards(tmp_path_factory):
 def test_two_processes_train_like_one(kind, questions, shards, tmp_path):
   data = {"reason": questions, "pretrain": shards}.get(kind, "")
   one, two = str(tmp_path / "one"), str(tmp_path / "two")
+  if kind == "t2i":  # stopped after step 1, then resumed: both processes write and restore the checkpoint
+    out = launch([WORKER, kind, two, data, "1"])
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    assert len(metrics(two)) == 1
   out = launch([WORKER, kind, two, data])
   assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
   assert "[1] " in out.stdout  # both processes ran and spoke

@@ -58,9 +58,16 @@ def restore_params(path: str, target: Any = None, shardings: Any = None, as_nump
   target: a pytree of arrays / ShapeDtypeStructs giving structure, shapes and dtypes (optional);
   shardings: a matching pytree of `jax.sharding.Sharding` to restore each array straight onto.
   Without either, arrays come back on the default device with their saved dtypes; `as_numpy` returns
-  host numpy arrays instead (for exporting without a device copy).
+  host numpy arrays instead (for exporting without a device copy). A target whose entries or shapes differ from
+  the saved ones is a CheckpointMismatch naming them (dtypes may differ: arrays are cast on restore).
   """
   path = os.path.abspath(path)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"no params checkpoint at {path}")
+  if target is not None:
+    diff = tree_differences(saved_tree(path), target, dtypes=False)
+    if diff:
+      raise CheckpointMismatch(f"the params in {path} do not fit the model: {'; '.join(diff)}")
   if as_numpy:
     ckptr = ocp.PyTreeCheckpointer()
     try:
@@ -90,21 +97,24 @@ def _key_path(path) -> str:
   return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
-def tree_differences(saved: Any, wanted: Any, limit: int = 5) -> list[str]:
-  """What differs between a saved tree's metadata and the arrays a run wants: missing and unexpected entries,
-  shapes and dtypes, by path (at most `limit`)."""
+def tree_differences(saved: Any, wanted: Any, limit: int = 3, dtypes: bool = True) -> list[str]:
+  """What differs between a saved tree's metadata and the arrays a run wants, by path: entries missing from the
+  checkpoint, entries only in it, shapes and (unless not `dtypes`) dtypes; at most `limit` examples of each."""
   got = {_key_path(p): x for p, x in jax.tree_util.tree_flatten_with_path(saved)[0]}
   want = {_key_path(p): x for p, x in jax.tree_util.tree_flatten_with_path(wanted)[0]}
-  out = [f"{k}: not in the checkpoint" for k in want if k not in got]
-  out += [f"{k}: in the checkpoint, not in the run" for k in got if k not in want]
+  groups = [[f"{k}: not in the checkpoint" for k in want if k not in got],
+            [f"{k}: in the checkpoint, not in the run" for k in got if k not in want], []]
   for k in want:
     if k in got:
       a, b = got[k], want[k]
       if tuple(getattr(a, "shape", ())) != tuple(np.shape(b)):
-        out.append(f"{k}: shape {tuple(getattr(a, 'shape', ()))} saved, {tuple(np.shape(b))} wanted")
-      elif getattr(a, "dtype", None) is not None and np.dtype(a.dtype) != np.dtype(b.dtype):
-        out.append(f"{k}: dtype {np.dtype(a.dtype)} saved, {np.dtype(b.dtype)} wanted")
-  return out[:limit] + ([f"... {len(out) - limit} more"] if len(out) > limit else [])
+        groups[2].append(f"{k}: shape {tuple(getattr(a, 'shape', ()))} saved, {tuple(np.shape(b))} wanted")
+      elif dtypes and getattr(a, "dtype", None) is not None and np.dtype(a.dtype) != np.dtype(b.dtype):
+        groups[2].append(f"{k}: dtype {np.dtype(a.dtype)} saved, {np.dtype(b.dtype)} wanted")
+  out = []
+  for g in groups:
+    out += g[:limit] + ([f"... {len(g) - limit} more like it"] if len(g) > limit else [])
+  return out
 
 
 TMP_MARK = ".orbax-checkpoint-tmp"  # orbax writes a step into STEP.orbax-checkpoint-tmp-* and renames it when done
@@ -131,21 +141,17 @@ class TrainCheckpoints:
       log(f"checkpoint {os.path.join(str(self.manager.directory), name)} was left incomplete (the run stopped "
           f"while saving it): ignored")
     for step in sorted(self.manager.all_steps(), reverse=True):
-      try:
-        meta = saved_tree(os.path.join(str(self.manager.directory), str(step), "state"))
-        if not jax.tree.leaves(meta):
+      try:  # a damaged checkpoint's metadata does not read (or holds nothing): fall back
+        if not jax.tree.leaves(saved_tree(os.path.join(str(self.manager.directory), str(step), "state"))):
           raise ValueError("no arrays in its metadata")
       except Exception as e:  # noqa: BLE001  (its metadata does not read: a damaged checkpoint)
         log(f"checkpoint step {step} in {self.manager.directory} does not read ({type(e).__name__}: "
             f"{str(e)[:200]}): trying the previous one")
         continue
-      diff = tree_differences(meta, abstract_state)
-      if diff:
-        raise CheckpointMismatch(f"checkpoint step {step} in {self.manager.directory} was written by another "
-                                 f"config than this run's: {'; '.join(diff)} (resume with the config that wrote "
-                                 f"it, or start in a new workdir)")
       try:
         state, extra = self.restore(abstract_state, step, shardings, with_extra=True)
+      except CheckpointMismatch:
+        raise
       except Exception as e:  # noqa: BLE001  (any failure to read it: fall back to the one before)
         log(f"checkpoint step {step} in {self.manager.directory} does not read ({type(e).__name__}: "
             f"{str(e)[:200]}): trying the previous one")
@@ -169,6 +175,12 @@ class TrainCheckpoints:
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.manager.directory}")
+    diff = tree_differences(saved_tree(os.path.join(str(self.manager.directory), str(step), "state")),
+                            abstract_state)
+    if diff:
+      raise CheckpointMismatch(f"checkpoint step {step} in {self.manager.directory} was written by another config "
+                               f"than this run's: {'; '.join(diff)} (resume with the config that wrote it, or "
+                               f"start in a new workdir)")
     args = {"state": ocp.args.StandardRestore(_abstract(abstract_state, shardings))}
     has_extra = os.path.isdir(os.path.join(str(self.manager.directory), str(step), "extra"))
     if has_extra:

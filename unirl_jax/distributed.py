@@ -50,6 +50,14 @@ def _cluster_detected() -> bool:
   return len([h for h in hosts.split(",") if h]) > 1
 
 
+def _env_int(name: str, default: int) -> int:
+  value = os.environ.get(name, "")
+  try:
+    return int(value) if value else default
+  except ValueError:
+    raise ValueError(f"environment variable {name}={value!r} is not a whole number") from None
+
+
 def settings_from_env(cfg: DistributedSettings) -> Optional[dict]:
   """The keyword arguments of jax.distributed.initialize for this process, or None for a one-process run."""
   mode = os.environ.get(ENV_MODE, "") or cfg.mode
@@ -60,8 +68,8 @@ def settings_from_env(cfg: DistributedSettings) -> Optional[dict]:
     return None
   kw = {}
   coord = cfg.coordinator or os.environ.get(ENV_COORDINATOR, "")
-  n = cfg.num_processes or int(os.environ.get(ENV_NUM_PROCESSES, "0") or 0)
-  pid = cfg.process_id if cfg.process_id >= 0 else int(os.environ.get(ENV_PROCESS_ID, "-1") or -1)
+  n = cfg.num_processes or _env_int(ENV_NUM_PROCESSES, 0)
+  pid = cfg.process_id if cfg.process_id >= 0 else _env_int(ENV_PROCESS_ID, -1)
   given = [bool(coord), n > 0, pid >= 0]
   if any(given) and not all(given):
     raise ValueError(f"distributed: give all of coordinator, num_processes and process_id (or none: the cluster "

@@ -49,6 +49,15 @@ class MeshConfig:
   fsdp: int = 1
   tensor: int = 1
 
+  def __post_init__(self):
+    sizes = {"mesh.data": self.data, "mesh.fsdp": self.fsdp, "mesh.tensor": self.tensor}
+    bad = [k for k, v in sizes.items() if not (v >= 1 or v == -1)]
+    if bad:
+      raise ValueError(f"{bad[0]}={sizes[bad[0]]}: a mesh size is a positive number of devices, or -1 for the rest")
+    if list(sizes.values()).count(-1) > 1:
+      raise ValueError(f"{', '.join(k for k, v in sizes.items() if v == -1)} are all -1: at most one axis takes "
+                       f"the remaining devices")
+
 
 def mesh_shape(cfg: MeshConfig, n_devices: int) -> tuple[int, int, int]:
   sizes = [cfg.data, cfg.fsdp, cfg.tensor]

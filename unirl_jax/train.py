@@ -48,25 +48,32 @@ def parse(argv: list[str]):
     flags.DEFINE_string("workdir", None, "where checkpoints and metrics go (default: config.workdir)",
                         flag_values=fv)
     rest = fv(list(argv))
+    config = run_config.load(fv.config)
+  except OSError as e:  # the --config file does not exist or does not load
+    raise run_config.ConfigError(f"--config {_config_path(argv)!r} does not load: "
+                                 f"{' '.join(str(e).split())[-300:]}") from None
   except (flags.Error, AttributeError, KeyError) as e:  # e.g. --config.misspelled=1: name it and the nearest key
     raise run_config.ConfigError(_explain(argv) or str(e).strip("'\"")) from None
   if len(rest) > 1:
     raise run_config.ConfigError(f"unexpected arguments: {rest[1:]}")
-  return run_config.load(fv.config), fv.workdir
+  return config, fv.workdir
+
+
+def _config_path(argv) -> str:
+  for i, a in enumerate(argv[1:], 1):
+    if a.startswith("--config="):
+      return a.split("=", 1)[1]
+    if a == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+  return DEFAULT_CONFIG
 
 
 def _explain(argv) -> str | None:
   """The first `--config.a.b=...` override whose key the config file lacks, with the nearest known key."""
   import difflib
   import importlib.util
-  path, keys = DEFAULT_CONFIG, []
-  for i, a in enumerate(argv[1:], 1):
-    if a.startswith("--config="):
-      path = a.split("=", 1)[1]
-    elif a == "--config" and i + 1 < len(argv):
-      path = argv[i + 1]
-    elif a.startswith("--config."):
-      keys.append(a[len("--config."):].split("=", 1)[0])
+  path = _config_path(argv)
+  keys = [a[len("--config."):].split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
   try:
     spec = importlib.util.spec_from_file_location("_run_config_file", path)
     module = importlib.util.module_from_spec(spec)

@@ -22,12 +22,33 @@ class SafetensorsFile:
 
   def __init__(self, path: str):
     self.path = path
+    size = os.path.getsize(path)
     with open(path, "rb") as f:
-      (n,) = struct.unpack("<Q", f.read(8))
-      header = json.loads(f.read(n))
+      head = f.read(8)
+      n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+      if not 2 <= n <= size - 8:
+        raise ValueError(f"{path}: not a safetensors file (its {size} bytes hold no valid header)")
+      try:
+        header = json.loads(f.read(n))
+      except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a safetensors file (its header is not JSON: {e})") from None
+    if not isinstance(header, dict):
+      raise ValueError(f"{path}: not a safetensors file (its header is not a JSON object)")
     header.pop("__metadata__", None)
     self.header = header
     self._offset = 8 + n
+    for key, info in header.items():
+      try:
+        start, end = info["data_offsets"]
+        shape, dtype = info["shape"], info["dtype"]
+      except (KeyError, TypeError, ValueError):
+        raise ValueError(f"{path}: tensor {key!r} has a malformed header entry {info!r}") from None
+      if end > size - self._offset:
+        raise ValueError(f"{path}: truncated: tensor {key!r} ends at byte {self._offset + end} of a "
+                         f"{size}-byte file")
+      if dtype in _DTYPES and end - start != int(np.prod(shape, dtype=np.int64)) * np.dtype(_DTYPES[dtype]).itemsize:
+        raise ValueError(f"{path}: tensor {key!r} holds {end - start} bytes, not the {dtype} {tuple(shape)} its "
+                         f"header says")
 
   def keys(self) -> list[str]:
     return list(self.header)

@@ -112,6 +112,8 @@ def to_params(keys: Iterable[str], get: Callable[[str], np.ndarray], rules: list
       continue
     want = tuple(expected[rule.path])
     arr = get(key)
+    if arr.dtype.kind in "biu" and np.dtype(dtype).kind not in "biu":  # an integer or bool tensor for a weight
+      raise ConversionError(f"key {key!r}: dtype {arr.dtype} where a floating-point weight belongs ({rule.path})")
     value = rule.transform.to_jax(arr)
     row_shape = want[1:] if rule.stacked else want
     if tuple(value.shape) != row_shape:

@@ -87,14 +87,24 @@ def image_field(v, origin: str, base: str, check: bool) -> ImageRef:
   return path
 
 
+def read_parquet_table(path: str):
+  """A whole parquet file as a pyarrow Table; a missing or unreadable file is a DataError naming it."""
+  import pyarrow.parquet as pq
+  if not os.path.exists(path):
+    raise DataError(f"parquet file {path!r} does not exist")
+  try:
+    return pq.read_table(path)
+  except Exception as e:  # noqa: BLE001  (pyarrow raises several kinds for a bad file)
+    raise DataError(f"{path}: not a readable parquet file ({e})") from None
+
+
 def iter_file_rows(path: str, what: str) -> Iterator[tuple[str, dict]]:
   """(origin, object) per record of a .jsonl or .parquet file of `what` records ("edit", "question"); a line that
   is not a JSON object is a DataError naming it."""
   if not os.path.exists(path):
     raise FileNotFoundError(f"{what} file {path!r} does not exist")
   if path.endswith(".parquet"):
-    import pyarrow.parquet as pq
-    for i, d in enumerate(pq.read_table(path).to_pylist()):
+    for i, d in enumerate(read_parquet_table(path).to_pylist()):
       yield f"{path}: row {i}", d
   elif path.endswith(".jsonl"):
     with open(path, encoding="utf-8") as f:
@@ -195,9 +205,8 @@ def read_manifest(path: str, skip_bad: bool = False, stats: Optional[ReadStats] 
 
 def read_parquet(path: str, kind: str, skip_bad: bool = False, stats: Optional[ReadStats] = None) -> list[Record]:
   """Records of a parquet file of `kind` ("t2i" or "edit"), one per row."""
-  import pyarrow.parquet as pq
   stats = stats if stats is not None else ReadStats()
-  table = pq.read_table(path)
+  table = read_parquet_table(path)
   base = os.path.dirname(os.path.abspath(path))
   rows = ((f"{path}: row {i}", lambda d=d, i=i: _make(d, kind, f"{path}: row {i}", base, check_images=skip_bad))
           for i, d in enumerate(table.to_pylist()))

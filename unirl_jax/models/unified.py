@@ -284,8 +284,11 @@ def load(path: str, mesh=None, rules=None, **knobs) -> tuple[UnifiedModel, dict]
   cfg_path = os.path.join(path, "unified.json")
   if not os.path.exists(cfg_path):
     raise FileNotFoundError(f"{path} has no unified.json (write one with `python -m convert unirl`)")
-  with open(cfg_path) as f:
-    cfg = config_from_dict(json.load(f))
+  try:
+    with open(cfg_path) as f:
+      cfg = config_from_dict(json.load(f))
+  except (ValueError, KeyError, TypeError) as e:
+    raise ValueError(f"{cfg_path}: not a unified model config ({type(e).__name__}: {e})") from None
   stored = json.load(open(os.path.join(path, "unirl_jax.json"))).get("param_dtype", "float32")
   cfg = with_execution(cfg, param_dtype=stored, **knobs)
   model = UnifiedModel(cfg)
