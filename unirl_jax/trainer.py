@@ -162,8 +162,10 @@ class Trainer:
 
   def _save_before_failing(self, step: int, position, error: Exception) -> None:
     """A step failed before its update (a reward service down, a bad record): checkpoint the last completed step
-    so a restart loses nothing. Every process reaches here together (the trainers agree on such failures);
-    a failure after the update donated the state leaves nothing to save."""
+    so a restart loses nothing; a failure after the update donated the state leaves nothing to save. In a
+    multi-process run only a failure every process shares (`every_process`) is saved: a save waits for all."""
+    if jax.process_count() > 1 and not getattr(error, "every_process", False):
+      return
     if step < 1 or self.ckpt.latest_step() == step or any(
         getattr(x, "is_deleted", lambda: False)() for x in jax.tree.leaves(self.state)):
       return

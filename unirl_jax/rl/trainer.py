@@ -93,7 +93,9 @@ class GRPOTrainer(Trainer):
     except Exception as e:  # noqa: BLE001  (a service down, a bad reply: every process stops, after a checkpoint)
       failure = e
     if not distributed.all_ok(failure is None):
-      raise failure or RuntimeError("another process could not score its rows (its log names the cause)")
+      failure = failure or RuntimeError("another process could not score its rows (its log names the cause)")
+      failure.every_process = True  # all processes stop here together: they can checkpoint together
+      raise failure
     whole = lambda x: distributed.assemble_rows(x, mine, c.rows)
     r, parts = whole(r), {k: whole(v) for k, v in parts.items()}
     adv = self.advantages(r)
