@@ -144,7 +144,7 @@ class Trainer:
         position = None if data is None else data.get_state()
         try:
           row, out = step_fn(step)
-        except Exception as e:
+        except (Exception, KeyboardInterrupt) as e:  # Ctrl-C mid-step keeps the last completed step too
           self._save_before_failing(step - 1, position, e)
           raise
         row["step_time"] = time.perf_counter() - t0
@@ -160,7 +160,7 @@ class Trainer:
     self.ckpt.wait()
     return history
 
-  def _save_before_failing(self, step: int, position, error: Exception) -> None:
+  def _save_before_failing(self, step: int, position, error: BaseException) -> None:
     """A step failed before its update (a reward service down, a bad record): checkpoint the last completed step
     so a restart loses nothing; a failure after the update donated the state leaves nothing to save. In a
     multi-process run only a failure every process shares (`every_process`) is saved: a save waits for all."""
