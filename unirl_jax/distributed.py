@@ -121,6 +121,17 @@ def gather(x: Any) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
+def local_rows(x: Any) -> np.ndarray:
+  """The rows of a global array (split on axis 0) that this process's devices hold, in order, as numpy."""
+  import jax
+  if not isinstance(x, jax.Array) or x.is_fully_addressable:
+    return np.asarray(x)
+  blocks = {}
+  for shard in x.addressable_shards:  # replicas over the other mesh axes hold the same block: keep one
+    blocks.setdefault(shard.index[0].start or 0, shard.data)
+  return np.concatenate([np.asarray(blocks[k]) for k in sorted(blocks)])
+
+
 def assemble_rows(local: np.ndarray, rows: slice, n: int) -> np.ndarray:
   """The whole n-row array on every process, from each process's `local` rows (its block `rows`)."""
   import jax

@@ -92,6 +92,10 @@ class Trainer:
     """Global arrays (any sharding) -> numpy arrays of all their rows, on every process."""
     return jax.tree.map(distributed.gather, tree)
 
+  def local(self, tree):
+    """Global arrays split by rows -> numpy arrays of this process's rows (`local_rows`), no communication."""
+    return jax.tree.map(distributed.local_rows, tree)
+
   def put_replicated(self, tree):
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.replicated, np.asarray(x)), tree)
 

@@ -86,7 +86,7 @@ class GRPOTrainer(Trainer):
     roll = self.task.rollout(step, rng)
     # Each process scores the rows its devices hold; the groups' advantages need every row's reward.
     mine = self.local_rows(c.rows)
-    local = roll.rewards if mine == slice(0, c.rows) else roll.rewards.rows(mine)
+    local = roll.rewards if roll.local or mine == slice(0, c.rows) else roll.rewards.rows(mine)
     failure = None
     try:
       r, parts = rewards.score(c.reward, local, self.reward_fns)

@@ -24,8 +24,9 @@ DEFAULT_PROMPTS = ("a red circle on a blue background", "a green square on a whi
 @dataclasses.dataclass
 class Rollout:
   experience: Experience  # on the mesh; advantages still unset
-  rewards: RewardInputs
+  rewards: RewardInputs  # every row's, or with `local` only the rows this process's devices hold
   samples: dict  # what the sample hook writes beside the grid (JSON-able), e.g. captions and completions
+  local: bool = False  # `rewards` holds this process's rows only (its images never left its devices' host)
 
 
 class Task:

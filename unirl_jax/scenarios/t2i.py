@@ -54,11 +54,14 @@ class TextToImage(Task):
     return self.images(texts, e.put_rows(self.condition(texts)), k_dm, {}, metadata=[r.metadata for r in recs])
 
   def images(self, texts, condition: Condition, rng, samples: dict, completions=None, metadata=None) -> Rollout:
-    """The DM rollouts for `condition`'s rows, and what the rewards see (`metadata`: one dict per prompt)."""
+    """The DM rollouts for `condition`'s rows, and what the rewards see (`metadata`: one dict per prompt): this
+    process's rows only, whose images stay on its host (the sample grid shows process 0's)."""
     e = self.engine
     traj, images = self._rollout(e.state["trainable"], e.frozen, condition, self.schedule, rng)
     g = e.config.group_size
-    rows = lambda per_prompt: None if per_prompt is None else [x for x in per_prompt for _ in range(g)]
-    reward_in = RewardInputs(to_uint8(e.gather(images)), rows(texts), completions, rows(metadata))
+    mine = e.local_rows(e.config.rows)
+    rows = lambda xs: None if xs is None else xs[mine]
+    per_row = lambda per_prompt: None if per_prompt is None else rows([x for x in per_prompt for _ in range(g)])
+    reward_in = RewardInputs(to_uint8(e.local(images)), per_row(texts), rows(completions), per_row(metadata))
     exp = Experience(advantages=None, schedule=self.schedule, dm=DMRows(condition, traj))
-    return Rollout(exp, reward_in, samples)
+    return Rollout(exp, reward_in, samples, local=True)
