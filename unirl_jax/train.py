@@ -53,7 +53,10 @@ def parse(argv: list[str]):
     raise run_config.ConfigError(f"--config {_config_path(argv)!r} does not load: "
                                  f"{' '.join(str(e).split())[-300:]}") from None
   except (flags.Error, AttributeError, KeyError) as e:  # e.g. --config.misspelled=1: name it and the nearest key
-    raise run_config.ConfigError(_explain(argv) or str(e).strip("'\"")) from None
+    msg = str(e)
+    if isinstance(e, KeyError) and len(msg) > 1 and msg[0] == msg[-1] and msg[0] in "'\"":
+      msg = msg[1:-1]  # a KeyError's str() is the repr of its message
+    raise run_config.ConfigError(_explain(argv) or msg) from None
   if len(rest) > 1:
     raise run_config.ConfigError(f"unexpected arguments: {rest[1:]}")
   return config, fv.workdir
