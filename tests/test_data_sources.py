@@ -136,11 +136,12 @@ print(tracemalloc.get_traced_memory()[1] + pa.default_memory_pool().max_memory()
 
 @pytest.mark.parametrize("fmt", ["tar", "parquet"])
 def test_peak_memory_does_not_grow_with_the_file(tmp_path, fmt):
-  """Files of 48 and 192 MB (incompressible 1.5 MB images; 8 rows per row group, 4 and 16 row groups), 12
-  batches of 4 read from each: the larger file's reader peaks less than 1/8 of the 144 MB difference higher (an
-  in-memory read: >= 144 MB). Both files hold more row groups than the reader caches. Peak = Python's allocations
-  (tracemalloc) + Arrow's pool, read with one reader thread: with the pretrainer's 4 (data.read_threads) the
-  peaks vary by ~35 MB from run to run with the threads' interleaving, whatever the file size."""
+  """Files of 48 and 384 MB (incompressible 1.5 MB images; 8 rows per row group, 4 and 32 row groups), 12
+  batches of 4 read from each: the larger file's reader peaks less than 1/4 of the 336 MB difference higher (an
+  in-memory read: >= 336 MB). Both files hold more row groups than the reader caches. Peak = Python's allocations
+  (tracemalloc) + Arrow's pool, read with one reader thread. The peak still moves from run to run by up to ~2.5
+  row groups (30 MB measured with one thread, ~35 MB with the pretrainer's 4), whatever the file size, so the
+  bound sits well above that swing and well below what holding the file would cost."""
   import pyarrow as pa
   import pyarrow.parquet as pq
   rng = np.random.default_rng(0)
@@ -150,7 +151,7 @@ def test_peak_memory_does_not_grow_with_the_file(tmp_path, fmt):
   png = buf.getvalue()
   pad = lambda i: png + rng.bytes(1_500_000)  # PIL ignores bytes after the PNG's end chunk
   peaks = []
-  for n in (32, 128):
+  for n in (32, 256):
     if fmt == "parquet":
       path = str(tmp_path / f"big{n}.parquet")
       pq.write_table(pa.Table.from_pylist([{"image": pad(i), "caption": f"shape {i}"} for i in range(n)]), path,
@@ -165,7 +166,7 @@ def test_peak_memory_does_not_grow_with_the_file(tmp_path, fmt):
                          env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     peaks.append(int(out.stdout.split()[-1]))
-  assert peaks[1] - peaks[0] < 144e6 / 8, peaks
+  assert peaks[1] - peaks[0] < 336e6 / 4, peaks
 
 
 def test_synthetic_writes_tar_shards(tmp_path):
