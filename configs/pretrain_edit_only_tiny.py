@@ -1,6 +1,6 @@
 """The editing scenario's second cold-start stage: configs/pretrain_edit_tiny.py's checkpoint trained 3000 more steps
 on edit batches only, so the DiT learns to read the instruction (docs/results.md: after the mixed stage, dropping
-the text barely changes the flow loss on edits). configs/i2i_tiny.py starts from the third stage,
+the text barely changes the flow loss on edits). The third stage is
 configs/pretrain_edit_lm_tiny.py.
 
 python -m unirl_jax.train --config configs/pretrain_edit_only_tiny.py

@@ -15,17 +15,13 @@ from configs import pretrain_geneval_tiny
 
 
 def get_config():
-  c = pretrain_geneval_tiny.get_config()
+  c = pretrain_geneval_tiny.get_config()  # its model: preset:shapes, DC-AE fitted to the scenes first
   c.workdir = "workdir/pretrain_edit_scratch_tiny"
-  c.model.init = "preset:shapes"
-  c.model.vae_fit_steps = 1500
-  c.model.vae_fit_data = "geneval_scenes"
   c.data.synthetic = "shape_edits"
   c.data.synthetic_n = 1024
   c.data.task_weights = {"edit": 0.8, "t2i": 0.2}
   c.optim.group_lr = {"connector": 1e-4}
   c.train.total_steps = 5000
   c.train.log_every = 500
-  c.train.checkpoint_every = 1000
   c.train.trainable = ("dit", "connector", "i2i_queries", "t2i_queries")
   return c
