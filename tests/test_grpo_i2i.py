@@ -21,6 +21,9 @@ def config(data: str, clip_dir: str, steps: int = 2):
   c = i2i_tiny.get_config()
   c.model.init = "preset:tiny_qwen_vocab"
   c.prompt_file = f"{data}/train_edits.jsonl"
+  c.edit.kinds = ()
+  c.reward = "clip_direction:4,clip_image_similarity:1"  # the original's weights (the hand computation below)
+  c.train.trainable = ("dit", "connector", "i2i_queries")  # the original's: the connector moves too
   c.clip_rewards = {"clip_direction": clip_dir, "clip_image_similarity": clip_dir}
   c.train.total_steps = steps
   c.prompts_per_step = 2
@@ -143,3 +146,35 @@ def test_sample_grid_shows_source_edits_and_reconstructions(run):
   assert cols == g + 1 and len(images) == 2 * 2 * (g + 1)
   assert (images[0] == roll.rewards.sources[0]).all() and (images[1:g + 1] == roll.rewards.images[:g]).all()
   assert (images[g + 2:2 * g + 2] == roll.rewards.reconstructions[:g]).all()
+
+
+def test_split_advantage_gives_the_reconstruction_the_cycle_terms_own(run):
+  """edit.advantage="split": the edit rows keep the total's advantage, the reconstruction rows get the group
+  advantage of the cycle term alone, and the cycle loss reads them (its gradient equals the shared-advantage
+  loss's with those advantages in the shared slot)."""
+  import dataclasses
+  from types import SimpleNamespace
+
+  from unirl_jax.scenarios.i2i import Editing
+  t, _, _ = run
+  c = t.config
+  split = dataclasses.replace(c, edit=dataclasses.replace(c.edit, advantage="split"))
+  roll = t.task.rollout(5, jax.random.PRNGKey(3))
+  total, parts = rewards.score(c.reward, roll.rewards, t.reward_fns)
+  exp = roll.experience.replace(advantages=t.put_rows(t.advantages(total)))
+  assert Editing.with_advantages(t.task, exp, parts) is exp  # "pair" (the default) changes nothing
+  engine = SimpleNamespace(config=split, advantages=t.advantages, put_rows=t.put_rows)
+  got = Editing.with_advantages(SimpleNamespace(engine=engine), exp, parts)
+  own = t.advantages(parts["clip_image_similarity"])
+  np.testing.assert_allclose(np.asarray(got.cycle.advantages), own, atol=1e-6)
+  np.testing.assert_array_equal(np.asarray(got.advantages), np.asarray(exp.advantages))
+  assert not np.allclose(own, np.asarray(exp.advantages), atol=1e-3)
+  _, cyc = t.parts
+  fn = jax.jit(lambda tr, fr, e: update.grpo_grads((cyc,), tr, fr, tr, e)[1])
+  flat = lambda g: np.concatenate([np.ravel(x) for x in jax.tree.leaves(jax.device_get(g))])
+  a = flat(fn(t.ref_trainable, t.frozen, got))
+  b = flat(fn(t.ref_trainable, t.frozen, exp.replace(advantages=got.cycle.advantages)))
+  assert np.abs(a).max() > 0
+  np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7 * np.abs(b).max())
+  with pytest.raises(Exception, match="edit.advantage"):
+    dataclasses.replace(c.edit, advantage="both")

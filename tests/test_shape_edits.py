@@ -114,3 +114,27 @@ def test_a_bad_jsonl_line_is_named(tmp_path):
   p.write_text("\n")
   with pytest.raises(records.DataError, match="holds no records"):
     edits.read_edit_file(str(p))
+
+
+def test_edit_kinds_keeps_the_named_kinds_in_file_order(tmp_path):
+  """`edit.kinds` (configs/i2i_tiny.py trains on colour edits only) filters the task's records by their "kind";
+  a record without one, or a file with none of the kinds, is an error naming it."""
+  from types import SimpleNamespace
+
+  from unirl_jax.scenarios.i2i import Editing
+  paths = shape_edits.write(str(tmp_path), n_train=12, n_eval=2, size=32, seed=0)
+  every = edits.read_edit_file(paths["train_edits"])
+  run = lambda kinds: SimpleNamespace(prompt_file=paths["train_edits"], edit=SimpleNamespace(kinds=kinds))
+  color = Editing.records(run(("color",)))
+  want = [r.metadata["origin"] for r in every if r.metadata["kind"] == "color"]
+  assert 0 < len(want) < len(every) and [r.metadata["origin"] for r in color] == want
+  two = Editing.records(run(("size", "color")))
+  assert [r.metadata["origin"] for r in two] == [r.metadata["origin"] for r in every
+                                                  if r.metadata["kind"] in ("size", "color")]
+  assert len(Editing.records(run(()))) == len(every)
+  with pytest.raises(records.DataError, match=r"no record of edit.kinds \('spin',\) \(its kinds: color, position"):
+    Editing.records(run(("spin",)))
+  p = tmp_path / "e.jsonl"
+  p.write_text(json.dumps({**_row(None), "image": os.path.relpath(every[0].metadata["image"], tmp_path)}) + "\n")
+  with pytest.raises(records.DataError, match=r"e.jsonl:1: edit.kinds \('color',\) is set but the record has no 'kind'"):
+    edits.select_kinds(edits.read_edit_file(str(p)), ("color",), str(p))

@@ -129,10 +129,23 @@ class EditSettings:
   # The original RL prompt writes `<vision_end>` as plain text instead of the special `<|vision_end|>`; True
   # reproduces it (its checkpoints were trained so), False uses the real token.
   literal_vision_end: bool = False
+  # Keep only the records whose "kind" field is one of these (the shapes generator's "color", "shape", "position",
+  # "size"); empty: every record. A record without the field is an error naming it.
+  kinds: tuple[str, ...] = ()
+  # "pair": one advantage per (edit, reconstruction) pair from the total reward, on both trajectories (the
+  # original's); "split": the edit trajectory keeps it, the reconstruction's comes from `cycle_reward` alone (the
+  # other terms score the edit, which the reconstruction cannot change: for its gradient they are noise).
+  advantage: str = "pair"
+  cycle_reward: str = "clip_image_similarity"  # the reward term scoring the reconstruction (for "split")
 
   def __post_init__(self):
     if self.vit_size < 1:
       raise ConfigError(f"edit.vit_size must be >= 1, got {self.vit_size}")
+    if self.advantage not in ("pair", "split"):
+      raise ConfigError(f"edit.advantage {self.advantage!r} not one of 'pair', 'split'")
+    if isinstance(self.kinds, str):
+      object.__setattr__(self, "kinds", (self.kinds,))
+    object.__setattr__(self, "kinds", tuple(self.kinds))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -43,3 +43,15 @@ def read_edit_file(path: str, check_images: bool = True) -> list[PromptRecord]:
     for r in out:
       open_image(r.metadata["image"], r.metadata["origin"])
   return out
+
+
+def select_kinds(records: list[PromptRecord], kinds, path: str) -> list[PromptRecord]:
+  """The records whose "kind" metadata is in `kinds` (the `edit.kinds` setting), in file order."""
+  for r in records:
+    if "kind" not in r.metadata:
+      raise DataError(f"{r.metadata['origin']}: edit.kinds {tuple(kinds)} is set but the record has no 'kind' field")
+  out = [r for r in records if r.metadata["kind"] in kinds]
+  if not out:
+    found = sorted({str(r.metadata["kind"]) for r in records})
+    raise DataError(f"edit file {path!r}: no record of edit.kinds {tuple(kinds)} (its kinds: {', '.join(found)})")
+  return out

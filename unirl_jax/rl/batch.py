@@ -32,6 +32,8 @@ class DMRows:
   trajectory: Trajectory
   ref: Optional[jax.Array] = None  # (B, h, w, c): an edit's noisy reference latents, shared by the row's steps
   row_mask: Optional[jax.Array] = None  # (B,) float32: 0 for a row whose trajectory is not trained (None: all)
+  # (B,) this trajectory's own advantages (editing's edit.advantage="split"); None: the Experience's, shared
+  advantages: Optional[jax.Array] = None
 
 
 @struct.dataclass

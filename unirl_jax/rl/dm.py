@@ -139,7 +139,7 @@ class DMLoss:
     vel_ref = model.guided_velocity(ref_params["dit"], ctx_ref, g, ref_latents=rows.ref)
     latents = jnp.moveaxis(rows.trajectory.latents, 1, 0)  # (n + 1, B, ...)
     old_lp = jnp.moveaxis(rows.trajectory.log_probs, 1, 0)  # (n, B)
-    adv = exp.advantages
+    adv = exp.advantages if rows.advantages is None else rows.advantages
 
     def step(carry, i):
       x, prev = latents[i], latents[i + 1]

@@ -99,7 +99,7 @@ class GRPOTrainer(Trainer):
     whole = lambda x: distributed.assemble_rows(x, mine, c.rows)
     r, parts = whole(r), {k: whole(v) for k, v in parts.items()}
     adv = self.advantages(r)
-    exp = roll.experience.replace(advantages=self.put_rows(adv))
+    exp = self.task.with_advantages(roll.experience.replace(advantages=self.put_rows(adv)), parts)
     self.state, m = self.update_fn(exp)(self.state, self.frozen, self.ref_trainable, exp)
     m = self.gather(m)
     row = {"step": step, "reward_mean": float(r.mean()), "reward_std": float(r.std()),

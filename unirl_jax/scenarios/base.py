@@ -57,6 +57,11 @@ class Task:
     """The step's rollouts from the current policy (`engine.state["trainable"]` + `engine.frozen`)."""
     raise NotImplementedError
 
+  def with_advantages(self, exp: Experience, parts: dict) -> Experience:
+    """The step's experience (its shared advantages set) with any trajectory's own advantages, from the rewards'
+    unweighted `parts` (every row's); the default: the shared ones only."""
+    return exp
+
   def sample_grid(self, rollout: Rollout) -> tuple[np.ndarray, int] | None:
     """The images of the step's sample grid and its number of columns (a group per row); None: no images."""
     return rollout.rewards.images, self.engine.config.group_size

@@ -30,13 +30,20 @@ class Editing(Task):
     if not run.prompt_file:
       raise ValueError("task i2i needs edit records: set prompt_file to a .jsonl or .parquet with image, prompt, "
                        "reverse_prompt, caption, target_caption (python -m unirl_jax.data.shape_edits writes some)")
-    return edit_lib.read_edit_file(run.prompt_file)
+    recs = edit_lib.read_edit_file(run.prompt_file)
+    return edit_lib.select_kinds(recs, run.edit.kinds, run.prompt_file) if run.edit.kinds else recs
 
   def __init__(self, engine):
     super().__init__(engine)
     c, model = engine.config, engine.model
     if c.dm.ref_cfg is None:
       raise ValueError("task i2i guides with the reference: set dm.ref_cfg (the original's 1.0)")
+    if c.edit.advantage == "split":
+      if not c.edit.cycle:
+        raise ValueError("edit.advantage='split' gives the reconstruction its own advantage: it needs edit.cycle=True")
+      if c.edit.cycle_reward not in {t.name for t in c.reward}:
+        raise ValueError(f"edit.advantage='split': edit.cycle_reward {c.edit.cycle_reward!r} is not one of the "
+                         f"run's rewards {[t.name for t in c.reward]}")
     if not model.config.dit.ref_branch:
       raise ValueError("task i2i needs a DiT with the reference branch (dit.ref_branch)")
     v = model.config.lm.vision
@@ -74,6 +81,15 @@ class Editing(Task):
     if e.config.edit.cycle:
       parts += (dm.DMLoss(e.model, e.config.dm, field="cycle", prefix="cycle_", task="i2i", grid=self.grid),)
     return parts
+
+  def with_advantages(self, exp: Experience, parts: dict) -> Experience:
+    e = self.engine
+    if e.config.edit.advantage != "split":
+      return exp
+    name = e.config.edit.cycle_reward
+    w = sum(t.weight for t in e.config.reward if t.name == name)
+    own = e.advantages(w * parts[name])  # the term's group-relative advantage, per source's group
+    return exp.replace(cycle=exp.cycle.replace(advantages=e.put_rows(own)))
 
   # ---- inputs ---------------------------------------------------------------------------------
 
