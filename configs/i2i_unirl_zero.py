@@ -22,6 +22,7 @@ def get_config():
   c.prompt_file = "i2i_dataset.parquet"
   c.edit = t.edit
   c.edit.vit_size = 672
+  c.edit.kinds = ()
   c.max_text_len = 8192
   c.reward = "clip_direction:4,clip_image_similarity:1"
   c.clip_rewards = {"clip_direction": "ckpt/clip-vit-large-patch14", "clip_image_similarity": "ckpt/clip-vit-large-patch14"}

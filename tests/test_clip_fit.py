@@ -54,3 +54,21 @@ def test_a_short_fit_learns_and_the_saved_dir_scores_with_the_fitted_params(fitt
   np.testing.assert_allclose(right, want, rtol=1e-5, atol=1e-6)
   wrong = score(rewards.RewardInputs(imgs, captions[2:34]))  # another record's caption
   assert np.mean(right > wrong) > 0.7
+
+
+def test_noise_augmentation_draws_one_std_per_image_and_reaches_the_fit(fitted):
+  """`augment` adds N(0, s_i^2) with s_i ~ U(0, noise) per image; fit(noise > 0) trains on such batches (the
+  python -m unirl_jax.clip_fit default), fit(noise=0) on the clean ones."""
+  import jax
+  cfg, _, _, _, (_, _, x, ids, mask) = fitted
+  base = np.zeros((512, 3, 32, 32), np.float32)
+  out = np.asarray(clip_fit.augment(base, jax.random.PRNGKey(0), 0.8))
+  std = out.reshape(512, -1).std(1)
+  assert std.max() < 0.84 and std.min() < 0.1 and abs(std.mean() - 0.4) < 0.05  # U(0, 0.8): mean 0.4
+  np.testing.assert_allclose(out.reshape(512, -1).mean(1), 0, atol=0.05)
+  flat = lambda p: np.concatenate([np.ravel(v) for v in jax.tree.leaves(p)])
+  run = lambda noise: flat(clip_fit.fit(cfg, x[:64], ids[:64], mask[:64], steps=2, batch=32, noise=noise)[0])
+  clean = run(0.0)
+  np.testing.assert_array_equal(clean, run(0.0))
+  assert np.abs(run(0.8) - clean).max() > 1e-6
+  assert clip_fit.NOISE > 0
