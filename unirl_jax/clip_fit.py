@@ -25,6 +25,7 @@ from unirl_jax.models import clip
 # source with std-20 noise 0.20 in image similarity and its direction like an attempted edit (docs/results.md).
 NOISE = 0.8
 
+
 def word_tokenizer(words, text: clip.TextConfig):
   """A transformers fast tokenizer: whitespace words -> ids, framed by CLIP's bos/eos (ids from `text`)."""
   from tokenizers import Tokenizer, models, pre_tokenizers, processors

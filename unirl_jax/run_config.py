@@ -143,9 +143,7 @@ class EditSettings:
       raise ConfigError(f"edit.vit_size must be >= 1, got {self.vit_size}")
     if self.advantage not in ("pair", "split"):
       raise ConfigError(f"edit.advantage {self.advantage!r} not one of 'pair', 'split'")
-    if isinstance(self.kinds, str):
-      object.__setattr__(self, "kinds", (self.kinds,))
-    object.__setattr__(self, "kinds", tuple(self.kinds))
+    object.__setattr__(self, "kinds", (self.kinds,) if isinstance(self.kinds, str) else tuple(self.kinds))
 
 
 @dataclasses.dataclass(frozen=True)
