@@ -18,7 +18,7 @@ def get_config():
   c = pretrain_geneval_tiny.get_config()  # its model: preset:shapes, DC-AE fitted to the scenes first
   c.workdir = "workdir/pretrain_edit_scratch_tiny"
   c.data.synthetic = "shape_edits"
-  c.data.synthetic_n = 1024
+  c.data.synthetic_n = 8192  # 1024: its held-out colour edits showed the target colour in 12.5 %, 8192: 28.8 %
   c.data.task_weights = {"edit": 0.8, "t2i": 0.2}
   c.optim.group_lr = {"connector": 1e-4}
   c.train.total_steps = 5000

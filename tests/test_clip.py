@@ -219,7 +219,10 @@ def test_registered_clip_rewards_equal_transformers_from_images_and_captions(con
             "clip_direction": _cos(img(inputs.images) - img(inputs.sources),
                                    txt([r["target_caption"] for r in inputs.metadata])
                                    - txt([r["caption"] for r in inputs.metadata])).numpy(),
-            "clip_image_similarity": _cos(img(inputs.reconstructions), img(inputs.sources)).numpy()}
+            "clip_image_similarity": _cos(img(inputs.reconstructions), img(inputs.sources)).numpy(),
+            "clip_cycle_gain": (_cos(img(inputs.reconstructions), img(inputs.sources))
+                                - _cos(img(inputs.images), img(inputs.sources))).numpy()}
+  assert set(fns) == set(want)
   for kind, fn in fns.items():
     np.testing.assert_allclose(fn(inputs), want[kind], err_msg=kind, **TOL)
   chunked = clip_rewards.reward("clip_direction", str(root / "jax"), chunk=2)  # 2 + a padded 1
@@ -247,6 +250,6 @@ def test_clip_rewards_name_what_is_missing(converted, tmp_path, capsys):
   run = run_config.GRPORun(clip_rewards={"clip_score": root}, reward="clip_score:2,jpeg_compressibility")
   assert run.clip_rewards == (("clip_score", root),)
   assert serve.main(["--reward", "jpeg_compressibility", "--clip", root]) == 2
-  assert "give --reward one of ['clip_direction'" in capsys.readouterr().err
+  assert "give --reward one of ['clip_cycle_gain', 'clip_direction'" in capsys.readouterr().err
   assert serve.main(["--reward", "clip_score", "--clip", str(tmp_path)]) == 2
   assert "has no config.json" in capsys.readouterr().err

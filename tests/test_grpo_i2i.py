@@ -148,7 +148,7 @@ def test_sample_grid_shows_source_edits_and_reconstructions(run):
   assert (images[g + 2:2 * g + 2] == roll.rewards.reconstructions[:g]).all()
 
 
-def test_split_advantage_gives_the_reconstruction_the_cycle_terms_own(run):
+def test_split_advantage_gives_the_reconstruction_the_cycle_terms_own(run, files):
   """edit.advantage="split": the edit rows keep the total's advantage, the reconstruction rows get the group
   advantage of the cycle term alone, and the cycle loss reads them (its gradient equals the shared-advantage
   loss's with those advantages in the shared slot)."""
@@ -169,6 +169,15 @@ def test_split_advantage_gives_the_reconstruction_the_cycle_terms_own(run):
   np.testing.assert_allclose(np.asarray(got.cycle.advantages), own, atol=1e-6)
   np.testing.assert_array_equal(np.asarray(got.advantages), np.asarray(exp.advantages))
   assert not np.allclose(own, np.asarray(exp.advantages), atol=1e-3)
+  # A term scored at weight 0 only for this (clip_cycle_gain) gives its own unweighted group advantage.
+  gain = clip_rewards.reward("clip_cycle_gain", files[1])(roll.rewards)
+  np.testing.assert_allclose(gain, parts["clip_image_similarity"] - clip_rewards.reward(
+      "clip_image_similarity", files[1])(dataclasses.replace(roll.rewards, reconstructions=roll.rewards.images)),
+                             atol=1e-6)
+  by_gain = dataclasses.replace(split, edit=dataclasses.replace(split.edit, cycle_reward="clip_cycle_gain"))
+  engine = SimpleNamespace(config=by_gain, advantages=t.advantages, put_rows=t.put_rows)
+  got_gain = Editing.with_advantages(SimpleNamespace(engine=engine), exp, {**parts, "clip_cycle_gain": gain})
+  np.testing.assert_allclose(np.asarray(got_gain.cycle.advantages), t.advantages(gain), atol=1e-6)
   _, cyc = t.parts
   fn = jax.jit(lambda tr, fr, e: update.grpo_grads((cyc,), tr, fr, tr, e)[1])
   flat = lambda g: np.concatenate([np.ravel(x) for x in jax.tree.leaves(jax.device_get(g))])

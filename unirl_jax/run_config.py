@@ -133,10 +133,15 @@ class EditSettings:
   # "size"); empty: every record. A record without the field is an error naming it.
   kinds: tuple[str, ...] = ()
   # "pair": one advantage per (edit, reconstruction) pair from the total reward, on both trajectories (the
-  # original's); "split": the edit trajectory keeps it, the reconstruction's comes from `cycle_reward` alone (the
-  # other terms score the edit, which the reconstruction cannot change: for its gradient they are noise).
+  # original's); "split": the edit trajectory keeps it, the reconstruction's is the group advantage of the reward
+  # term `cycle_reward` alone, unweighted (the other terms score the edit, which the reconstruction cannot change:
+  # for its gradient they are noise).
   advantage: str = "pair"
-  cycle_reward: str = "clip_image_similarity"  # the reward term scoring the reconstruction (for "split")
+  # The reward term scoring the reconstruction (for "split"; one of the run's rewards, weight 0 allowed).
+  # "clip_cycle_gain" (the reconstruction's CLIP similarity to the source minus the edit's) leaves out how far
+  # the edit had moved, which the reconstruction does not choose: with "clip_image_similarity" a reconstruction
+  # of an edit that copied the source is rewarded for copying its reference, one of a true edit punished.
+  cycle_reward: str = "clip_image_similarity"
 
   def __post_init__(self):
     if self.vit_size < 1:

@@ -88,6 +88,7 @@ KINDS = {
     "pickscore": "PickScore's exp(logit_scale)·cos(Î, T̂) / 26 of each image and its prompt",
     "clip_direction": "cos(Î_edit − Î_src, T̂_tgt − T̂_src): images vs sources, metadata caption, target_caption",
     "clip_image_similarity": "cos(Î_recon, Î_src): reconstructions vs sources (the cycle reward)",
+    "clip_cycle_gain": "cos(Î_recon, Î_src) − cos(Î_edit, Î_src): what the reconstruction itself brought back",
 }
 EDIT_CAPTIONS = ("caption", "target_caption")  # the original's edit columns: source and edited-image captions
 
@@ -144,6 +145,9 @@ def reward(kind: str, ckpt: str, chunk: int = 64):
     src = prep.pixels(inputs.need("sources", kind))
     if kind == "clip_image_similarity":
       return batched(scorer.image_similarity, prep.pixels(inputs.need("reconstructions", kind)), src)
+    if kind == "clip_cycle_gain":
+      gain = lambda r, e, s: scorer.image_similarity(r, s) - scorer.image_similarity(e, s)
+      return batched(gain, prep.pixels(inputs.need("reconstructions", kind)), prep.pixels(inputs.images), src)
     (s_ids, s_mask), (t_ids, t_mask) = (prep.text(c) for c in captions(inputs))
     return batched(scorer.direction, src, prep.pixels(inputs.images), s_ids, s_mask, t_ids, t_mask)
 

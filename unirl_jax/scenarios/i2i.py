@@ -86,9 +86,9 @@ class Editing(Task):
     e = self.engine
     if e.config.edit.advantage != "split":
       return exp
-    name = e.config.edit.cycle_reward
-    w = sum(t.weight for t in e.config.reward if t.name == name)
-    own = e.advantages(w * parts[name])  # the term's group-relative advantage, per source's group
+    # The term's own group-relative advantage, unweighted: it is not summed with the other terms here, and a
+    # term may sit in the spec at weight 0 only to be scored (clip_cycle_gain next to the original's total).
+    own = e.advantages(parts[e.config.edit.cycle_reward])
     return exp.replace(cycle=exp.cycle.replace(advantages=e.put_rows(own)))
 
   # ---- inputs ---------------------------------------------------------------------------------
