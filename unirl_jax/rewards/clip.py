@@ -58,6 +58,11 @@ class Scorer:
     """The cycle reward: cos(Î_a, Î_b) (reconstruction vs source)."""
     return cosine(self.image_embeds(a_pixels), self.image_embeds(b_pixels))
 
+  def cycle_gain(self, recon_pixels, edit_pixels, src_pixels) -> jax.Array:
+    """cos(Î_recon, Î_src) − cos(Î_edit, Î_src), the source embedded once."""
+    src = self.image_embeds(src_pixels)
+    return cosine(self.image_embeds(recon_pixels), src) - cosine(self.image_embeds(edit_pixels), src)
+
 
 class Preprocessor:
   """uint8 images and captions -> CLIP inputs with transformers' PIL CLIP image processor and the checkpoint's
@@ -88,7 +93,7 @@ KINDS = {
     "pickscore": "PickScore's exp(logit_scale)·cos(Î, T̂) / 26 of each image and its prompt",
     "clip_direction": "cos(Î_edit − Î_src, T̂_tgt − T̂_src): images vs sources, metadata caption, target_caption",
     "clip_image_similarity": "cos(Î_recon, Î_src): reconstructions vs sources (the cycle reward)",
-    "clip_cycle_gain": "cos(Î_recon, Î_src) − cos(Î_edit, Î_src): what the reconstruction itself brought back",
+    "clip_cycle_gain": "cos(Î_recon, Î_src) − cos(Î_edit, Î_src): what the reconstruction brought back",
 }
 EDIT_CAPTIONS = ("caption", "target_caption")  # the original's edit columns: source and edited-image captions
 
@@ -146,8 +151,8 @@ def reward(kind: str, ckpt: str, chunk: int = 64):
     if kind == "clip_image_similarity":
       return batched(scorer.image_similarity, prep.pixels(inputs.need("reconstructions", kind)), src)
     if kind == "clip_cycle_gain":
-      gain = lambda r, e, s: scorer.image_similarity(r, s) - scorer.image_similarity(e, s)
-      return batched(gain, prep.pixels(inputs.need("reconstructions", kind)), prep.pixels(inputs.images), src)
+      return batched(scorer.cycle_gain, prep.pixels(inputs.need("reconstructions", kind)), prep.pixels(inputs.images),
+                     src)
     (s_ids, s_mask), (t_ids, t_mask) = (prep.text(c) for c in captions(inputs))
     return batched(scorer.direction, src, prep.pixels(inputs.images), s_ids, s_mask, t_ids, t_mask)
 
