@@ -221,7 +221,10 @@ def test_registered_clip_rewards_equal_transformers_from_images_and_captions(con
                                    - txt([r["caption"] for r in inputs.metadata])).numpy(),
             "clip_image_similarity": _cos(img(inputs.reconstructions), img(inputs.sources)).numpy(),
             "clip_cycle_gain": (_cos(img(inputs.reconstructions), img(inputs.sources))
-                                - _cos(img(inputs.images), img(inputs.sources))).numpy()}
+                                - _cos(img(inputs.images), img(inputs.sources))).numpy(),
+            "clip_reverse_direction": _cos(img(inputs.reconstructions) - img(inputs.images),
+                                           txt([r["caption"] for r in inputs.metadata])
+                                           - txt([r["target_caption"] for r in inputs.metadata])).numpy()}
   assert set(fns) == set(want)
   for kind, fn in fns.items():
     np.testing.assert_allclose(fn(inputs), want[kind], err_msg=kind, **TOL)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import pretrain_tiny
-from unirl_jax.pretrain import Pretrainer, flow_matching_terms
+from unirl_jax.pretrain import Pretrainer, edit_region_weights, flow_matching_loss, flow_matching_terms
 
 
 def config(steps, every):
@@ -43,6 +43,41 @@ def test_flow_matching_terms_by_hand():
   np.testing.assert_allclose(np.asarray(target), eps - 2.0, rtol=1e-6)
   assert np.asarray(drop_text).tolist() == [True, True, False, True, True, False]
   assert np.asarray(drop_ref).tolist() == [False, False, True, True, True, False]
+
+
+def test_edit_region_weights_by_hand():
+  """1 + w·d/max(d) with d the mean |Δ| over channels, normalised to mean 1 per image; an unchanged image: all 1."""
+  src = np.zeros((2, 2, 2, 2), np.float32)
+  x0 = src.copy()
+  x0[0, 0, 0] = [1.0, 3.0]  # d = 2 (the max)
+  x0[0, 1, 1] = [-1.0, 0.0]  # d = 0.5
+  got = np.asarray(edit_region_weights(x0, src, 4.0))
+  raw = np.array([[1 + 4.0, 1.0], [1.0, 1 + 4.0 * 0.25]])
+  np.testing.assert_allclose(got[0, ..., 0], raw / raw.mean(), rtol=1e-6)
+  np.testing.assert_array_equal(got[1], np.ones((2, 2, 1), np.float32))
+
+
+def test_edit_region_weight_reweights_edit_batches_only(unbroken):
+  """`loss.edit_region_weight` changes the loss of an edit batch and leaves a text-to-image batch's as it was."""
+  import dataclasses
+
+  import grain
+  t, _, _, _ = unbroken
+  lc = t.config.loss
+  params, rng = t.params(), jax.random.PRNGKey(0)
+  batches = {}
+  for b in t.dataset.to_iter_dataset(grain.ReadOptions(num_threads=1)):
+    batches.setdefault("edit" if b.edit else "t2i", b)
+    if len(batches) == 2:
+      break
+  for task, b in batches.items():
+    grid = t.image_spec.vit_grid
+    plain, _ = flow_matching_loss(t.model, params, b, rng, lc, grid)
+    heavy, _ = flow_matching_loss(t.model, params, b, rng, dataclasses.replace(lc, edit_region_weight=8.0), grid)
+    if task == "edit":
+      assert abs(float(heavy) - float(plain)) > 1e-4 * float(plain), task
+    else:
+      assert float(heavy) == float(plain), task
 
 
 def test_loss_falls(unbroken):

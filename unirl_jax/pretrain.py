@@ -35,6 +35,15 @@ def flow_matching_terms(x0, eps, sigma, r, p: float):
   return x_t, eps - x0, drop_text, drop_ref
 
 
+def edit_region_weights(x0, src, weight: float):
+  """(B, H, W, 1) loss weights for an edit batch: 1 + weight · d / max(d), d the mean |target − source| latent
+  change over channels at each position (per image; 1 everywhere where nothing changed), normalised to mean 1
+  per image so the loss keeps its scale and only its share between the edited region and the rest moves."""
+  d = jnp.mean(jnp.abs(x0 - src), axis=-1, keepdims=True)
+  w = 1.0 + weight * d / jnp.maximum(jnp.max(d, axis=(1, 2, 3), keepdims=True), 1e-12)
+  return w / jnp.mean(w, axis=(1, 2, 3), keepdims=True)
+
+
 def flow_matching_loss(model: unified.UnifiedModel, params: dict, batch: PretrainBatch, rng: jax.Array, lc,
                        vit_grid: Optional[tuple] = None) -> tuple[jax.Array, dict]:
   """Mean squared velocity error; lc: the run's `run_config.FlowLossSettings`; vit_grid: the (t, h, w) patch
@@ -45,8 +54,12 @@ def flow_matching_loss(model: unified.UnifiedModel, params: dict, batch: Pretrai
   grid = tuple(tuple(vit_grid) for _ in range(b)) if batch.edit else None
   cond = model.condition(params, batch.input_ids, batch.attention_mask, batch.pixel_values, grid,
                          task="i2i" if batch.edit else "t2i")
+  weights = None
   if batch.edit:
-    ref = model.noisy_reference(jax.lax.stop_gradient(model.encode(params, batch.src_images)), k_ref)
+    src = jax.lax.stop_gradient(model.encode(params, batch.src_images))
+    ref = model.noisy_reference(src, k_ref)
+    if lc.edit_region_weight:
+      weights = edit_region_weights(x0, src.astype(jnp.float32), lc.edit_region_weight)
   else:
     ref = jnp.zeros_like(x0)
   r = jax.random.uniform(k_drop, (b,))
@@ -56,7 +69,8 @@ def flow_matching_loss(model: unified.UnifiedModel, params: dict, batch: Pretrai
   cond = jnp.where(drop_text[:, None, None], 0.0, cond)
   ref = jnp.where(drop_ref[:, None, None, None], 0.0, ref)
   v = model.velocity(params, x_t.astype(cond.dtype), cond, sigma * 1000.0, ref_latents=ref.astype(cond.dtype))
-  loss = jnp.mean((v.astype(jnp.float32) - target) ** 2)
+  se = (v.astype(jnp.float32) - target) ** 2
+  loss = jnp.mean(se if weights is None else weights * se)
   return loss, {"sigma_mean": sigma.mean()}
 
 

@@ -94,6 +94,7 @@ KINDS = {
     "clip_direction": "cos(Î_edit − Î_src, T̂_tgt − T̂_src): images vs sources, metadata caption, target_caption",
     "clip_image_similarity": "cos(Î_recon, Î_src): reconstructions vs sources (the cycle reward)",
     "clip_cycle_gain": "cos(Î_recon, Î_src) − cos(Î_edit, Î_src): what the reconstruction brought back",
+    "clip_reverse_direction": "cos(Î_recon − Î_edit, T̂_src − T̂_tgt): the reverse edit's own direction",
 }
 EDIT_CAPTIONS = ("caption", "target_caption")  # the original's edit columns: source and edited-image captions
 
@@ -154,6 +155,9 @@ def reward(kind: str, ckpt: str, chunk: int = 64):
       return batched(scorer.cycle_gain, prep.pixels(inputs.need("reconstructions", kind)), prep.pixels(inputs.images),
                      src)
     (s_ids, s_mask), (t_ids, t_mask) = (prep.text(c) for c in captions(inputs))
+    if kind == "clip_reverse_direction":  # the reconstruction as an edit of the edit, target caption -> source's
+      return batched(scorer.direction, prep.pixels(inputs.images), prep.pixels(inputs.need("reconstructions", kind)),
+                     t_ids, t_mask, s_ids, s_mask)
     return batched(scorer.direction, src, prep.pixels(inputs.images), s_ids, s_mask, t_ids, t_mask)
 
   fn.__name__ = kind

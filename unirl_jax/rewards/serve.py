@@ -4,8 +4,8 @@ reward over the JSON protocol of `unirl_jax.rewards.remote` (the standard librar
 `--reward geneval[_correct] --detector MODULE:FUNCTION` serves GenEval scoring (`rewards.geneval`) from any
 detector: FUNCTION maps an (H, W, 3) uint8 image to {class: [rewards.geneval.Detection]} (e.g. a Mask2Former
 wrapper on the scoring machine); the training side names the URL in `remote_rewards`.
-`--reward clip_score|pickscore|clip_direction|clip_image_similarity|clip_cycle_gain --clip DIR` serves a CLIP reward
-(`rewards.clip.KINDS`) from a `python -m convert clip` dir."""
+`--reward clip_score|pickscore|clip_direction|clip_image_similarity|clip_cycle_gain|clip_reverse_direction --clip DIR`
+serves a CLIP reward (`rewards.clip.KINDS`) from a `python -m convert clip` dir."""
 
 from __future__ import annotations
 
