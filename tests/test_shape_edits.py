@@ -53,6 +53,16 @@ def test_written_files_read_back_with_all_five_fields(tmp_path):
       [shape_edits.caption(x[1]) for x in shape_edits.records(4, seed=1)])
 
 
+def test_kinds_restricts_the_written_edits(tmp_path, capsys):
+  paths = shape_edits.write(str(tmp_path), n_train=6, n_eval=2, size=32, seed=0, kinds=("color",))
+  assert {r.metadata["kind"] for r in edits.read_edit_file(paths["train_edits"])} == {"color"}
+  with pytest.raises(ValueError, match=r"edit kinds \('hue',\): each must be one of"):
+    shape_edits.write(str(tmp_path), kinds=("hue",))
+  with pytest.raises(SystemExit):
+    shape_edits.main(["--out", str(tmp_path), "--kinds", "color,hue"])
+  assert "--kinds 'color,hue': give some of color,shape,position,size" in capsys.readouterr().err
+
+
 def _row(img_bytes, **kw):
   d = {"image": {"bytes": img_bytes, "path": None}, "prompt": "make the red circle blue",
        "reverse_prompt": "make the blue circle red", "caption": "a photo of a red circle",

@@ -95,13 +95,17 @@ def records(n: int, seed: int, kinds=KINDS) -> list[tuple]:
   return [(kinds[i % len(kinds)],) + make_edit(kinds[i % len(kinds)], rs) for i in range(n)]
 
 
-def write(out: str, n_train: int = 1024, n_eval: int = 64, size: int = 32, seed: int = 0) -> dict:
-  """The RL edit files (train and held out, drawn from different seeds) and the cold start's edit manifest."""
+def write(out: str, n_train: int = 1024, n_eval: int = 64, size: int = 32, seed: int = 0, kinds=KINDS) -> dict:
+  """The RL edit files (train and held out, drawn from different seeds) and the cold start's edit manifest, the
+  edits of `kinds` in turn."""
+  bad = [k for k in kinds if k not in KINDS]
+  if bad or not kinds:
+    raise ValueError(f"edit kinds {tuple(kinds)}: each must be one of {KINDS}")
   os.makedirs(os.path.join(out, "images"), exist_ok=True)
   paths = {}
   for split, n, s in (("train", n_train, seed), ("eval", n_eval, seed + 1)):
     rl, pairs = [], []
-    for i, (kind, src, dst, fwd, rev) in enumerate(records(n, s)):
+    for i, (kind, src, dst, fwd, rev) in enumerate(records(n, s, tuple(kinds))):
       src_path, dst_path = f"images/{split}_{i:05d}.png", f"images/{split}_{i:05d}_edited.png"
       draw(src, size).save(os.path.join(out, src_path))
       rl.append({"image": src_path, "prompt": fwd, "reverse_prompt": rev, "caption": caption(src),
@@ -127,8 +131,12 @@ def main(argv=None) -> int:
   p.add_argument("--n-eval", type=int, default=64)
   p.add_argument("--size", type=int, default=32)
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--kinds", default=",".join(KINDS), help="comma-separated edit kinds, in turn (default: all)")
   a = p.parse_args(argv)
-  for name, path in write(a.out, a.n_train, a.n_eval, a.size, a.seed).items():
+  kinds = tuple(k.strip() for k in a.kinds.split(",") if k.strip())
+  if not kinds or any(k not in KINDS for k in kinds):
+    p.error(f"--kinds {a.kinds!r}: give some of {','.join(KINDS)}")
+  for name, path in write(a.out, a.n_train, a.n_eval, a.size, a.seed, kinds).items():
     print(f"{name}: {path}")
   return 0
 
