@@ -19,7 +19,7 @@ def get_config():
   c.model.frozen_dtype = ml_collections.FieldReference(None, field_type=str)
 
   c.data = ml_collections.ConfigDict()
-  c.data.sources = []  # empty: a synthetic dataset is generated into the workdir
+  c.data.sources = ()  # empty: a synthetic dataset is generated into the workdir
   c.data.synthetic_n = 512
   c.data.image_size = 32
   c.data.vit_size = 56  # 4x4 patches -> 4 LM tokens for editing prompts
