@@ -41,6 +41,7 @@ def get_config():
 
   c.loss = ml_collections.ConfigDict()
   c.loss.cond_dropout = 0.05  # each of: text only, reference only, both
+  c.loss.logit_normal_mean, c.loss.logit_normal_std = 0.0, 1.0  # sigma = sigmoid(N(mean, std))
   c.loss.edit_region_weight = 0.0  # extra weight on what an edit changes (run_config.FlowLossSettings)
 
   c.train = ml_collections.ConfigDict()

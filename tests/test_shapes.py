@@ -69,6 +69,17 @@ def test_write_makes_prompt_files_and_a_pretraining_manifest(tmp_path):
   assert [json.loads(line)["prompt"] for line in open(paths["train_prompts"])] == [s.caption for s in scenes]
 
 
+def test_write_tags_restricts_the_prompts(tmp_path, capsys):
+  paths = shapes.write(str(tmp_path), n_train=6, n_eval=3, size=32, seed=0, tags=("colors",))
+  for name in ("train_prompts", "eval_prompts"):
+    assert {json.loads(line)["tag"] for line in open(paths[name])} == {"colors"}
+  with pytest.raises(ValueError, match=r"tags \('hue',\): each must be one of"):
+    shapes.write(str(tmp_path), tags=("hue",))
+  with pytest.raises(SystemExit):
+    shapes.main(["--out", str(tmp_path), "--tags", "colors,hue"])
+  assert "--tags 'colors,hue': give some of single_object" in capsys.readouterr().err
+
+
 def test_vae_fit_can_use_the_scenes():
   from unirl_jax import run_config, vae_fit
   x = vae_fit.scene_images(4, 32, seed=0)

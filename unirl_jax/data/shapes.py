@@ -113,11 +113,14 @@ def render(record: dict, size: int, rs: np.random.RandomState) -> Image.Image:
   return draw(layout(record, rs), size, rs)
 
 
-def write(out: str, n_train: int = 512, n_eval: int = 96, size: int = 64, seed: int = 0) -> dict:
+def write(out: str, n_train: int = 512, n_eval: int = 96, size: int = 64, seed: int = 0, tags=TAGS) -> dict:
   """DIR/train_prompts.jsonl and DIR/eval_prompts.jsonl (GenEval metadata; the held-out set drawn from another
-  seed), and DIR/scenes.jsonl + DIR/images/ (each training prompt rendered, a t2i pretraining manifest)."""
+  seed), and DIR/scenes.jsonl + DIR/images/ (each training prompt rendered, a t2i pretraining manifest); the
+  prompts of `tags` in turn."""
+  if not tags or any(t not in TAGS for t in tags):
+    raise ValueError(f"tags {tuple(tags)}: each must be one of {TAGS}")
   os.makedirs(os.path.join(out, "images"), exist_ok=True)
-  train, held_out = prompts(n_train, seed), prompts(n_eval, seed + 1)
+  train, held_out = prompts(n_train, seed, tuple(tags)), prompts(n_eval, seed + 1, tuple(tags))
   rs = np.random.RandomState(seed + 2)
   scenes = []
   for i, rec in enumerate(train):
@@ -139,8 +142,12 @@ def main(argv=None) -> int:
   p.add_argument("--n-eval", type=int, default=96)
   p.add_argument("--size", type=int, default=64)
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--tags", default=",".join(TAGS), help="comma-separated GenEval tags, in turn (default: all)")
   a = p.parse_args(argv)
-  for name, path in write(a.out, a.n_train, a.n_eval, a.size, a.seed).items():
+  tags = tuple(t.strip() for t in a.tags.split(",") if t.strip())
+  if not tags or any(t not in TAGS for t in tags):
+    p.error(f"--tags {a.tags!r}: give some of {','.join(TAGS)}")
+  for name, path in write(a.out, a.n_train, a.n_eval, a.size, a.seed, tags).items():
     print(f"{name}: {path}")
   return 0
 
