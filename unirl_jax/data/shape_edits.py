@@ -98,8 +98,7 @@ def records(n: int, seed: int, kinds=KINDS) -> list[tuple]:
 def write(out: str, n_train: int = 1024, n_eval: int = 64, size: int = 32, seed: int = 0, kinds=KINDS) -> dict:
   """The RL edit files (train and held out, drawn from different seeds) and the cold start's edit manifest, the
   edits of `kinds` in turn."""
-  bad = [k for k in kinds if k not in KINDS]
-  if bad or not kinds:
+  if not kinds or any(k not in KINDS for k in kinds):
     raise ValueError(f"edit kinds {tuple(kinds)}: each must be one of {KINDS}")
   os.makedirs(os.path.join(out, "images"), exist_ok=True)
   paths = {}
