@@ -18,6 +18,7 @@ def get_config():
   c.data.synthetic_n = 1024
   # the reference branch starts at zero and is what editing needs: most batches edit
   c.data.task_weights = {"edit": 0.8, "t2i": 0.2}
+  c.loss.logit_normal_std = 1.0  # the original's, as measured in docs/results.md's editing section
   c.train.total_steps = 5000
   c.train.log_every = 500
   c.train.trainable = ("dit", "connector", "i2i_queries")
