@@ -15,10 +15,12 @@ def get_config():
   c.task = "reflect"
   c.workdir = "workdir/reflect_unirl_zero"
   c.model.init = "ckpt/reflect_cold_start"
-  c.reflect = ml_collections.ConfigDict(dict(verifier="gen_eval", pass_threshold=1.0, vit_size=448))
-  # reflect_passed / reflect_says_yes at weight 0: logged, for the judge's accuracy on passing and failing images.
-  c.reward = ("reflect_final:1,reflect_judge:0.5,reflect_improve:0.5,reflect_format:0.25,reflect_passed:0,"
-              "reflect_says_yes:0")
+  c.reflect = ml_collections.ConfigDict(dict(verifier="gen_eval", pass_threshold=1.0, vit_size=448,
+                                             advantage="shared"))
+  # reflect_passed / reflect_says_yes at weight 0: logged, for the judge's accuracy on passing and failing images;
+  # reflect_first at weight 0: image 1's own advantage under reflect.advantage="split".
+  c.reward = ("reflect_final:1,reflect_judge:0.5,reflect_improve:0.5,reflect_format:0.25,reflect_first:0,"
+              "reflect_passed:0,reflect_says_yes:0")
   c.lm = ml_collections.ConfigDict(dict(max_new_tokens=512, temperature=1.0, top_k=50, top_p=1.0, beta=0.01,
                                         clip_eps=0.2, aggregation="seq_mean_token_mean"))
   return c

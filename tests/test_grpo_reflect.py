@@ -122,6 +122,51 @@ def test_a_yes_makes_no_image_2_and_no_revision_loss(run):
   assert float(revision.denominator(exp)) == 2 * float(np.sum(exp.schedule.sde_mask))
 
 
+def test_split_advantage_gives_each_image_its_own_scores_advantage(run):
+  """reflect.advantage="split": the judge's tokens keep the total's advantage, image 1's trajectory gets the group
+  advantage of reflect_first, image 2's that of reflect_final, and each DM loss reads its own (its gradient equals
+  the loss's with those advantages in the shared slot)."""
+  import dataclasses
+  from types import SimpleNamespace
+
+  from unirl_jax.rl import update
+  from unirl_jax.scenarios.reflect import Reflection
+  t, *_ = run
+  c = t.config
+  roll = t.task.rollout(4, jax.random.PRNGKey(5))
+  total = np.array([0.5, 1.5, 0.25, 1.0], np.float32)
+  parts = {"reflect_first": np.array([0.0, 1.0, 0.5, 0.25], np.float32),
+           "reflect_final": np.array([0.5, 0.0, 1.0, 0.75], np.float32)}
+  exp = roll.experience.replace(advantages=t.put_rows(t.advantages(total)))
+  assert Reflection.with_advantages(t.task, exp, parts) is exp  # "shared" (the default) changes nothing
+  split = dataclasses.replace(c, reflect=dataclasses.replace(c.reflect, advantage="split"))
+  engine = SimpleNamespace(config=split, advantages=t.advantages, put_rows=t.put_rows)
+  got = Reflection.with_advantages(SimpleNamespace(engine=engine), exp, parts)
+  np.testing.assert_allclose(np.asarray(got.dm.advantages), t.advantages(parts["reflect_first"]), atol=1e-6)
+  np.testing.assert_allclose(np.asarray(got.revision.advantages), t.advantages(parts["reflect_final"]), atol=1e-6)
+  np.testing.assert_array_equal(np.asarray(got.advantages), np.asarray(exp.advantages))
+  flat = lambda g: np.concatenate([np.ravel(x) for x in jax.tree.leaves(jax.device_get(g))])
+  for part in (t.parts[0], t.parts[-1]):  # image 1's DM loss, image 2's (revision) DM loss
+    own = got.dm.advantages if part is t.parts[0] else got.revision.advantages
+    fn = jax.jit(lambda tr, fr, e: update.grpo_grads((part,), tr, fr, tr, e)[1])
+    a = flat(fn(t.ref_trainable, t.frozen, got))
+    b = flat(fn(t.ref_trainable, t.frozen, exp.replace(advantages=own)))
+    assert np.abs(a).max() > 0
+    assert not np.allclose(a, flat(fn(t.ref_trainable, t.frozen, exp)), atol=1e-3 * np.abs(a).max())
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7 * np.abs(b).max())
+  with pytest.raises(Exception, match="reflect.advantage"):
+    dataclasses.replace(c.reflect, advantage="both")
+
+
+def test_split_advantage_needs_its_rewards_in_the_spec(tmp_path):
+  with open(tmp_path / "p.jsonl", "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in shapes.prompts(2, 0))
+  c = config(str(tmp_path / "p.jsonl"))
+  c.reflect.advantage = "split"
+  with pytest.raises(ValueError, match=r"reflect.advantage='split' needs the rewards \['reflect_first'\]"):
+    GRPOTrainer(c, str(tmp_path / "w"))
+
+
 def test_the_judge_prompt_holds_the_prompt_and_image_1s_tokens():
   from unirl_jax.data.pipeline import ImageSpec
   spec = ImageSpec(32, 56)
@@ -142,6 +187,7 @@ def test_reward_components_by_hand():
   inputs = RewardInputs(final, ["p"] * 5, [YES, NO, YES, NO, "no tags"], first_images=first, judgements=judgements,
                         revised=revised)
   np.testing.assert_allclose(fns["reflect_final"](inputs), [1.0, 1.0, 0.25, 0.0, 1.0])
+  np.testing.assert_allclose(fns["reflect_first"](inputs), [1.0, 0.25, 0.25, 0.5, 1.0])
   np.testing.assert_allclose(fns["reflect_judge"](inputs), [1.0, 1.0, 0.0, 1.0, 0.0])
   np.testing.assert_allclose(fns["reflect_improve"](inputs), [0.0, 0.75, 0.0, -0.5, 0.0])
   np.testing.assert_allclose(fns["reflect_passed"](inputs), [1, 0, 0, 0, 1])

@@ -178,10 +178,19 @@ class ReflectSettings:
   verifier: str = "geneval_shapes"
   pass_threshold: float = 1.0  # image 1 satisfies its prompt when verifier >= this (GenEval partial credit: all)
   vit_size: int = 56  # image 1 as the LM sees it, square
+  # "shared": one advantage per rollout from the total reward on image 1's trajectory, the judge's tokens and
+  # image 2's trajectory; "split": the judge's tokens keep it, image 1's trajectory gets the group advantage of
+  # reflect_first (v(image 1)) alone and image 2's that of reflect_final, both unweighted and both in the run's
+  # rewards (weight 0 allowed). With "shared" the judge and improvement terms pay image 1 for failing (a judge that
+  # says no is right, and image 2 gains, more often after a worse image 1), so the DM learns to draw worse first
+  # images (docs/results.md, reflection).
+  advantage: str = "shared"
 
   def __post_init__(self):
     if self.vit_size < 1:
       raise ConfigError(f"reflect.vit_size must be >= 1, got {self.vit_size}")
+    if self.advantage not in ("shared", "split"):
+      raise ConfigError(f"reflect.advantage {self.advantage!r} not one of 'shared', 'split'")
 
 
 @dataclasses.dataclass(frozen=True)

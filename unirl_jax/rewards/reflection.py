@@ -2,6 +2,7 @@
 remote) scored on image 1 and on the final image (image 2 after a revision, else image 1):
 
 - reflect_final: v(final image);
+- reflect_first: v(image 1) (for reflect.advantage="split": image 1's own advantage);
 - reflect_judge: 1 when the LM's judgement agrees with the verifier on image 1 (yes <=> v(image 1) >= the pass
   threshold), 0 otherwise or when no judgement parses;
 - reflect_improve: v(image 2) - v(image 1) after a revision, 0 without one;
@@ -67,6 +68,9 @@ def make(verifier: Callable[[RewardInputs], np.ndarray], threshold: float) -> di
   def final(inputs):
     return scores(inputs)[1]
 
+  def first(inputs):
+    return scores(inputs)[0]
+
   def judge(inputs):
     v1, _ = scores(inputs)
     j = np.asarray(inputs.need("judgements", "reflect_judge"))
@@ -84,12 +88,13 @@ def make(verifier: Callable[[RewardInputs], np.ndarray], threshold: float) -> di
     return (np.asarray(inputs.need("judgements", "reflect_says_yes")) == YES).astype(np.float32)
 
   final.__doc__ = "The verifier's score of the final image (image 2 after a revision, else image 1)."
+  first.__doc__ = "The verifier's score of image 1 (with reflect.advantage='split', image 1's own advantage)."
   judge.__doc__ = "1 when the judgement agrees with the verifier's verdict on image 1."
   improve.__doc__ = "The verifier's gain of image 2 over image 1 (0 without a revision)."
   passed.__doc__ = "1 when image 1 passes the verifier (log it at weight 0: with reflect_says_yes and reflect_judge "\
                    "it gives the judge's accuracy on passing and on failing images apart)."
   says_yes.__doc__ = "1 when the judgement is 'yes' (log it at weight 0)."
-  return {"reflect_final": final, "reflect_judge": judge, "reflect_improve": improve, "reflect_passed": passed,
+  return {"reflect_final": final, "reflect_first": first, "reflect_judge": judge, "reflect_improve": improve, "reflect_passed": passed,
           "reflect_says_yes": says_yes}
 
 

@@ -3,7 +3,8 @@ with log-probs) -> the LM sees image 1 and the prompt and judges it, `<think>…
 and after a no writes a revised prompt in `<answer>` -> image 2 from the revision (SDE with log-probs). The
 rewards (`rewards.reflection`) score the final image, the judgement against the verifier, and the gain of image 2;
 one advantage per rollout trains image 1's trajectory, the judge's tokens and image 2's trajectory (only where
-there is one), with the joint loss and per-group learning rates of the CoT scenario."""
+there is one), with the joint loss and per-group learning rates of the CoT scenario; reflect.advantage="split"
+gives each image's trajectory the advantage of its own score instead."""
 
 from __future__ import annotations
 
@@ -20,6 +21,10 @@ from unirl_jax.rl.batch import Condition, DMRows, Experience
 from unirl_jax.scenarios.base import RewardInputs, Rollout
 from unirl_jax.scenarios.reason import decode, sample_completions, sampler_for
 from unirl_jax.scenarios.t2i import TextToImage
+
+
+# reflect.advantage="split": each image trajectory's own reward term (image 1: "dm", image 2: "revision").
+SPLIT = {"dm": "reflect_first", "revision": "reflect_final"}
 
 
 def judge_prompts(texts: list[str], spec: ImageSpec) -> list[str]:
@@ -50,6 +55,11 @@ class Reflection(TextToImage):
     if c.reflect.vit_size % (v.patch_size * v.spatial_merge_size):
       raise ValueError(f"reflect.vit_size {c.reflect.vit_size} is not a multiple of "
                        f"{v.patch_size * v.spatial_merge_size} (the ViT's patch x merge)")
+    if c.reflect.advantage == "split":
+      missing = [n for n in SPLIT.values() if n not in {t.name for t in c.reward}]
+      if missing:
+        raise ValueError(f"reflect.advantage='split' needs the rewards {missing} in the run's reward spec (weight 0 "
+                         f"allowed); it has {[t.name for t in c.reward]}")
     self.spec = ImageSpec(c.image_size, c.reflect.vit_size, v.patch_size, v.spatial_merge_size)
     self.vit = vit_processor(self.spec)
     self.sampler = sampler_for(engine.model, c.lm)
@@ -60,6 +70,13 @@ class Reflection(TextToImage):
     if "lm" in e.state["trainable"]:  # the judge and the revision; a frozen LM only conditions
       parts += (lm.LMLoss(e.model.lm, e.config.lm, grid=self.spec.vit_grid),)
     return parts + (dm.DMLoss(e.model, e.config.dm, field="revision", prefix="revision_"),)
+
+  def with_advantages(self, exp: Experience, parts: dict) -> Experience:
+    e = self.engine
+    if e.config.reflect.advantage != "split":
+      return exp
+    own = {field: e.put_rows(e.advantages(parts[name])) for field, name in SPLIT.items()}
+    return exp.replace(dm=exp.dm.replace(advantages=own["dm"]), revision=exp.revision.replace(advantages=own["revision"]))
 
   def rollout(self, step: int, rng) -> Rollout:
     e = self.engine
