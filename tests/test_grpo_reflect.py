@@ -29,6 +29,7 @@ def config(prompt_file):
   c.model.vae_fit_steps = 0
   c.prompt_file = prompt_file
   c.reward = "reflect_final:1,reflect_judge:0.5,reflect_improve:0.5,reflect_format:0.25"
+  c.reflect.advantage = "shared"
   c.prompts_per_step = 2
   c.group_size = 2
   c.dm.steps = 2
