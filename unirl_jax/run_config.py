@@ -182,8 +182,7 @@ class ReflectSettings:
   # image 2's trajectory; "split": the judge's tokens keep it, image 1's trajectory gets the group advantage of
   # reflect_first (v(image 1)) alone and image 2's that of reflect_final, both unweighted and both in the run's
   # rewards (weight 0 allowed). With "shared" the judge and improvement terms pay image 1 for failing (a judge that
-  # says no is right, and image 2 gains, more often after a worse image 1), so the DM learns to draw worse first
-  # images (docs/results.md, reflection).
+  # says no is right, and image 2 gains, more often after a worse image 1; docs/scenarios.md).
   advantage: str = "shared"
 
   def __post_init__(self):
