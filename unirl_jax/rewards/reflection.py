@@ -94,8 +94,8 @@ def make(verifier: Callable[[RewardInputs], np.ndarray], threshold: float) -> di
   passed.__doc__ = "1 when image 1 passes the verifier (log it at weight 0: with reflect_says_yes and reflect_judge "\
                    "it gives the judge's accuracy on passing and on failing images apart)."
   says_yes.__doc__ = "1 when the judgement is 'yes' (log it at weight 0)."
-  return {"reflect_final": final, "reflect_first": first, "reflect_judge": judge, "reflect_improve": improve, "reflect_passed": passed,
-          "reflect_says_yes": says_yes}
+  return {"reflect_final": final, "reflect_first": first, "reflect_judge": judge, "reflect_improve": improve,
+          "reflect_passed": passed, "reflect_says_yes": says_yes}
 
 
 def _with_images(inputs: RewardInputs, images: np.ndarray) -> RewardInputs:

@@ -75,8 +75,8 @@ class Reflection(TextToImage):
     e = self.engine
     if e.config.reflect.advantage != "split":
       return exp
-    own = {field: e.put_rows(e.advantages(parts[name])) for field, name in SPLIT.items()}
-    return exp.replace(dm=exp.dm.replace(advantages=own["dm"]), revision=exp.revision.replace(advantages=own["revision"]))
+    return exp.replace(**{field: getattr(exp, field).replace(advantages=e.put_rows(e.advantages(parts[name])))
+                          for field, name in SPLIT.items()})
 
   def rollout(self, step: int, rng) -> Rollout:
     e = self.engine
